@@ -1,0 +1,37 @@
+"""One distribution for the ResNet-RS self-training pipeline.
+
+Also what Dataflow workers install (`--setup_file=./setup.py`), so every module a worker
+needs lives in the four packages below.
+"""
+
+import setuptools
+
+setuptools.setup(
+    name="resnet-rs-selftrain",
+    version="0.1.0",
+    description="ResNet-RS teachers, a Beam soft-labeling job and a mixed-batch student trainer.",
+    python_requires=">=3.10,<3.13",
+    packages=setuptools.find_packages(include=["models", "teacher", "pipeline", "student"]),
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.5,<4",
+        "apache-beam[gcp]>=2.60,<3",
+        "tensorflow-datasets>=4.9,<5",
+        "google-cloud-storage>=2.10,<4",
+        "absl-py>=1.4",
+        "numpy>=1.26",
+        "pillow>=10",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.2",
+            "build>=1.0",
+            # Reference implementation for parameter/weight equality tests only.
+            "tf_keras>=2.16,<2.22",
+            "scikit-image>=0.22",
+            "scikit-learn>=1.3",
+            "gcp-storage-emulator>=2024.0",
+        ],
+    },
+)

@@ -1,0 +1,1 @@
+"""The student trainer: co-training on labeled and pseudo-labeled images in mixed batches."""
