@@ -14,16 +14,25 @@ import tensorflow as tf
 CROP_PADDING = 32
 
 
-def center_crop_and_resize(image, image_size, crop_padding=CROP_PADDING):
-    """Centre crop + bicubic resize of one decoded image (H, W, 3), any dtype -> float32.
+def decode_image(image_bytes):
+    """Encoded JPEG/PNG/GIF/BMP/WebP bytes -> uint8 (H, W, 3); the first frame of animations."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
 
-    Output values stay on the input's 0-255 scale (bicubic may overshoot slightly; the
-    result is clipped to [0, 255]).
+
+def center_crop_and_resize(image, image_size, crop_padding=CROP_PADDING):
+    """Centre crop + bicubic resize of an image (H, W, C) or a same-size batch (N, H, W, C).
+
+    Any numeric dtype in, float32 out, on the input's 0-255 scale (bicubic may overshoot
+    slightly; the result is clipped to [0, 255]).
     """
     image = tf.convert_to_tensor(image)
-    tf.debugging.assert_rank(image, 3, message="center_crop_and_resize expects one (H, W, C) image")
+    if image.shape.rank not in (3, 4):
+        raise ValueError(f"center_crop_and_resize expects one (H, W, C) image or an (N, H, W, C) batch, "
+                         f"got shape {image.shape}.")
     shape = tf.shape(image)
-    height, width = shape[0], shape[1]
+    height, width = shape[-3], shape[-2]
     crop_fraction = image_size / (image_size + crop_padding)
     crop_size = tf.cast(crop_fraction * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
     crop_size = tf.maximum(crop_size, 1)
@@ -41,6 +50,6 @@ def normalize(images, mean_rgb, stddev_rgb):
 
 
 def eval_transform(image, cfg):
-    """One decoded uint8 image (H, W, 3) -> the normalised float32 model input of `cfg`."""
+    """Decoded uint8 image (H, W, 3) or batch (N, H, W, 3) -> normalised float32 model input."""
     image = center_crop_and_resize(image, cfg.eval_image_size)
     return normalize(image, cfg.mean_rgb, cfg.stddev_rgb)

@@ -49,6 +49,14 @@ def test_eval_transform_is_the_same_eagerly_and_inside_tf_data():
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_a_same_size_batch_gives_the_per_image_results():
+    cfg = models.config("resnet_rs_tiny")
+    batch = np.random.default_rng(5).integers(0, 256, size=(3, 40, 56, 3), dtype=np.uint8)
+    together = preprocessing.eval_transform(batch, cfg).numpy()
+    for image, result in zip(batch, together):
+        np.testing.assert_allclose(preprocessing.eval_transform(image, cfg), result, atol=1e-5)
+
+
 def test_wrong_rank_is_rejected_with_a_clear_message():
-    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="one \\(H, W, C\\) image"):
-        preprocessing.center_crop_and_resize(np.zeros((2, 8, 8, 3), np.uint8), 4)
+    with pytest.raises(ValueError, match="one \\(H, W, C\\) image or an \\(N, H, W, C\\) batch"):
+        preprocessing.center_crop_and_resize(np.zeros((8, 8), np.uint8), 4)
