@@ -1,0 +1,65 @@
+r"""Write a self-describing teacher directory.
+
+From a training run (a student.train model_dir, or a .keras file):
+  python -m teacher.export --model_dir=DIR --output=TEACHER_DIR [--class_names=...]
+From published weights, or randomly initialised (smoke tests, benchmarks):
+  python -m teacher.export --model=resnet_rs_50 [--weights=FILE] --output=TEACHER_DIR
+
+--class_names is `tfds:NAME` (the label feature of a TFDS dataset, e.g. tfds:imagenet2012)
+or a text file with one name per line; without it classes are named class_0, class_1, ...
+Works on local paths and any TF filesystem (gs://, ram://).
+"""
+
+import sys
+
+from absl import app, flags
+
+import models
+from teacher import directory
+from teacher.metadata import TeacherError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "A student.train model_dir, or a .keras file.")
+flags.DEFINE_string("model", None, f"Family member to export without a training run: {sorted(models.CONFIGS)}.")
+flags.DEFINE_string("weights", None, "Published weights for --model (.h5, .keras, TF checkpoint prefix).")
+flags.DEFINE_integer("num_classes", 1000, "Classes of --model (ignored with --model_dir).")
+flags.DEFINE_string("class_names", None, "tfds:NAME or a file with one class name per line.")
+flags.DEFINE_string("output", None, "The teacher directory to write (local, gs://, ram://).")
+flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+
+
+def run(argv=None):
+    del argv
+    if not FLAGS.output:
+        raise app.UsageError("--output is required.")
+    if bool(FLAGS.model_dir) == bool(FLAGS.model):
+        raise app.UsageError("Pass exactly one of --model_dir (a training run) or --model (a family member).")
+    if FLAGS.weights and not FLAGS.model:
+        raise app.UsageError("--weights goes with --model, not --model_dir.")
+    if FLAGS.model and FLAGS.model not in models.CONFIGS:
+        raise app.UsageError(f"--model={FLAGS.model} is not one of {sorted(models.CONFIGS)}.")
+    if FLAGS.model_dir:
+        model, name = directory.model_from_training_run(FLAGS.model_dir)
+        source, random_init = f"training-run:{FLAGS.model_dir}", False
+    else:
+        from teacher import weights  # deferred: h5py is only needed for imports
+
+        name = FLAGS.model
+        model = models.create(name, num_classes=FLAGS.num_classes)
+        random_init = not FLAGS.weights
+        source = "random-init" if random_init else f"published-weights:{FLAGS.weights}"
+        if FLAGS.weights:
+            weights.load_published_weights(model, FLAGS.weights)
+    meta = directory.export(model, name, FLAGS.output, FLAGS.class_names, source, random_init, FLAGS.overwrite)
+    print(f"teacher {meta.teacher_id} ({name}, {meta.num_classes} classes, {source}) -> {FLAGS.output}")
+
+
+def main():
+    try:
+        app.run(run)
+    except TeacherError as error:
+        sys.exit(f"teacher.export: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Batched soft-label prediction with a teacher, on CPU, GPU or TPU.
+
+`load(path)` returns a `Teacher`, loaded once per process and shared by every thread
+that asks for the same path and options (Beam runs several DoFn threads per worker).
+
+Batches are cut to a fixed `batch_size` and the last one is padded, so the compiled step
+sees one shape and never recompiles on a ragged tail. On a multi-replica strategy the
+fixed batch is split evenly over replicas.
+"""
+
+import dataclasses
+import os
+import threading
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import models
+from models import preprocessing
+from teacher import metadata as metadata_lib
+from teacher.metadata import TeacherError
+
+PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16"}
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Per image: top-k classes, sorted by probability, and the distribution's summary."""
+
+    top_k_indices: np.ndarray  # int32 (N, k)
+    top_k_probabilities: np.ndarray  # float32 (N, k), descending
+    confidence: np.ndarray  # float32 (N,), the max probability
+    entropy: np.ndarray  # float32 (N,), nats, of the full (temperature-scaled) distribution
+    distribution: np.ndarray = None  # float32 (N, num_classes), when asked for
+
+
+def soft_labels(logits, temperature, top_k):
+    """Temperature softmax of float32 logits and its summaries, as TF ops (XLA-friendly)."""
+    log_probabilities = tf.nn.log_softmax(tf.cast(logits, tf.float32) / temperature, axis=-1)
+    probabilities = tf.exp(log_probabilities)
+    top = tf.math.top_k(probabilities, k=top_k, sorted=True)
+    return {
+        "top_k_indices": top.indices,
+        "top_k_probabilities": top.values,
+        "confidence": top.values[:, 0],
+        "entropy": -tf.reduce_sum(probabilities * log_probabilities, axis=-1),
+        "distribution": probabilities,
+    }
+
+
+def _as_uint8_batches(images):
+    """Validates `images` and yields uint8 arrays (N, H, W, 3) of one size each.
+
+    Accepts a uint8 array (N, H, W, 3), a sequence of uint8 (H, W, 3) arrays of any sizes,
+    or a sequence of encoded image bytes.
+    """
+    if isinstance(images, (np.ndarray, tf.Tensor)):
+        array = np.asarray(images)
+        if array.ndim != 4 or array.shape[-1] != 3:
+            raise TeacherError(f"images must have shape (N, H, W, 3); got {array.shape}.")
+        if array.dtype != np.uint8:
+            raise TeacherError(f"images must be uint8 pixels 0-255; got dtype {array.dtype}.")
+        yield array
+        return
+    for i, image in enumerate(images):
+        if isinstance(image, bytes):
+            image = preprocessing.decode_image(image).numpy()
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise TeacherError(f"image {i} must be uint8 (H, W, 3) or encoded bytes; got {image.dtype} "
+                               f"{image.shape}.")
+        yield image[np.newaxis]
+
+
+class Teacher:
+    """A loaded teacher. Use `load(path)` rather than constructing one directly."""
+
+    def __init__(self, path, batch_size=64, precision="float32", strategy=None, jit_compile=True):
+        if precision not in PRECISIONS:
+            raise TeacherError(f"precision={precision!r}: expected one of {sorted(PRECISIONS)}.")
+        self.path = path
+        self.strategy = strategy or tf.distribute.get_strategy()
+        replicas = self.strategy.num_replicas_in_sync
+        if batch_size % replicas:
+            raise TeacherError(f"batch_size {batch_size} must divide evenly over {replicas} replicas.")
+        self.batch_size = batch_size
+        if tf.io.gfile.exists(os.path.join(path, metadata_lib.METADATA_FILE)):
+            self.metadata = metadata_lib.read(path)
+            self.model = self._load_keras(precision)
+            self._serving = None
+        elif tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+            self.metadata, self.model = None, None
+            self._serving = tf.saved_model.load(path).signatures.get("serve_images")
+            if self._serving is None:
+                raise TeacherError(f"{path} is a SavedModel without a 'serve_images' signature "
+                                   "(uint8 images -> logits); export it with `python -m teacher.export`.")
+        else:
+            raise TeacherError(f"{path} is not a teacher directory: no {metadata_lib.METADATA_FILE} and no "
+                               "saved_model.pb (write one with `python -m teacher.export`).")
+        # One XLA cluster cannot reach the variables of several local replicas ("tf.Variable on a
+        # different device"), so multi-replica Mirrored runs use TF's graph executor; TPUStrategy
+        # compiles the whole step with XLA regardless of this flag.
+        self._step = tf.function(self._replica_step, jit_compile=jit_compile and replicas == 1)
+        self._distributed_step = tf.function(self._run_on_replicas)
+
+    @property
+    def num_classes(self):
+        return self.metadata.num_classes if self.metadata else None
+
+    @property
+    def teacher_id(self):
+        return self.metadata.teacher_id if self.metadata else None
+
+    def _load_keras(self, precision):
+        meta = self.metadata
+        keras_path = os.path.join(self.path, metadata_lib.KERAS_FILE)
+        if not tf.io.gfile.exists(keras_path):
+            raise TeacherError(f"{self.path}: {metadata_lib.KERAS_FILE} is missing.")
+        with self.strategy.scope():
+            # safe_mode stays on: nothing in the file can run Python code.
+            saved = keras.saving.load_model(keras_path, safe_mode=True, compile=False)
+            found = int(saved.output_shape[-1])
+            if found != meta.num_classes:
+                raise TeacherError(f"{self.path}: teacher.json says {meta.num_classes} classes but the model "
+                                   f"outputs {found}.")
+            if PRECISIONS[precision] is None:
+                return saved
+            model = models.create(meta.model_name, meta.num_classes, dtype_policy=PRECISIONS[precision])
+            model.set_weights(saved.get_weights())
+            return model
+
+    def _replica_step(self, images, temperature, top_k):
+        return soft_labels(self.model(images, training=False), temperature, top_k)
+
+    def _run_on_replicas(self, images, temperature, top_k):
+        outputs = self.strategy.run(self._step, args=(images, temperature, top_k))
+        return {k: self.strategy.gather(v, axis=0) for k, v in outputs.items()}
+
+    def _prepare(self, batch):
+        """uint8 (N, H, W, 3) -> normalised float32 at the eval size (the shared transform)."""
+        meta = self.metadata
+        images = preprocessing.center_crop_and_resize(batch, meta.eval_image_size, meta.crop_padding)
+        return preprocessing.normalize(images, meta.mean_rgb, meta.stddev_rgb)
+
+    def _fixed_batches(self, images):
+        """Cuts prepared images into `batch_size` chunks; pads the last. Yields (chunk, valid)."""
+        prepared = tf.concat([self._prepare(batch) for batch in _as_uint8_batches(images)], axis=0)
+        total = int(prepared.shape[0])
+        for start in range(0, total, self.batch_size):
+            chunk = prepared[start:start + self.batch_size]
+            valid = int(chunk.shape[0])
+            if valid < self.batch_size:
+                padding = tf.zeros([self.batch_size - valid, *chunk.shape[1:]], chunk.dtype)
+                chunk = tf.concat([chunk, padding], axis=0)
+            yield chunk, valid
+
+    def predict(self, images, temperature=1.0, top_k=5, full_distribution=False):
+        """Soft labels for `images` (see `_as_uint8_batches` for accepted forms)."""
+        if temperature <= 0:
+            raise TeacherError(f"temperature must be > 0, got {temperature}.")
+        if self._serving is not None:
+            return self._predict_saved_model(images, temperature, top_k, full_distribution)
+        top_k = min(top_k, self.metadata.num_classes)
+        temperature = tf.constant(temperature, tf.float32)
+        parts = []
+        for chunk, valid in self._fixed_batches(images):
+            per_replica = self.strategy.experimental_distribute_values_from_function(
+                lambda context, chunk=chunk: tf.split(chunk, context.num_replicas_in_sync)[
+                    context.replica_id_in_sync_group])
+            outputs = self._distributed_step(per_replica, temperature, top_k)
+            parts.append({k: v[:valid].numpy() for k, v in outputs.items()})
+        return _collect(parts, full_distribution)
+
+    def _predict_saved_model(self, images, temperature, top_k, full_distribution):
+        parts = []
+        for batch in _as_uint8_batches(images):
+            logits = self._serving(images=tf.constant(batch))["logits"]
+            outputs = soft_labels(logits, tf.constant(temperature, tf.float32), min(top_k, logits.shape[-1]))
+            parts.append({k: v.numpy() for k, v in outputs.items()})
+        return _collect(parts, full_distribution)
+
+    @property
+    def compiled_step_traces(self):
+        """How many times the device step was traced (1 after any number of batches)."""
+        return self._step.experimental_get_tracing_count()
+
+
+def _collect(parts, full_distribution):
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return Predictions(
+        top_k_indices=merged["top_k_indices"].astype(np.int32),
+        top_k_probabilities=merged["top_k_probabilities"],
+        confidence=merged["confidence"],
+        entropy=merged["entropy"],
+        distribution=merged["distribution"] if full_distribution else None)
+
+
+_CACHE = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load(path, batch_size=64, precision="float32", strategy=None, jit_compile=True):
+    """The `Teacher` at `path`, loaded once per process for each set of options."""
+    key = (path, batch_size, precision, id(strategy), jit_compile)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = Teacher(path, batch_size, precision, strategy, jit_compile)
+        return _CACHE[key]

@@ -1,0 +1,213 @@
+"""teacher.load / Teacher.predict: round trips, padding, temperature, devices, errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import models
+import teacher
+from models import preprocessing
+from teacher import devices, predictor
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return models.create("resnet_rs_tiny", num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tiny_model, tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("teacher") / "tiny")
+    teacher.export(tiny_model, "resnet_rs_tiny", output, class_names=[f"digit {i}" for i in range(10)])
+    return output
+
+
+def _images(count, height=50, width=60, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+
+
+def _expected_probabilities(model, images, temperature=1.0):
+    inputs = preprocessing.eval_transform(images, models.config("resnet_rs_tiny"))
+    return tf.nn.softmax(model(inputs, training=False) / temperature).numpy()
+
+
+@pytest.mark.parametrize("where", ["local", "ram"])
+def test_export_load_predict_round_trip(tiny_model, tmp_path, where):
+    output = str(tmp_path / "t") if where == "local" else f"ram://teachers/{os.getpid()}/t"
+    meta = teacher.export(tiny_model, "resnet_rs_tiny", output)
+    loaded = teacher.TeacherMetadata.from_json(tf.io.gfile.GFile(output + "/teacher.json").read(), "x")
+    assert loaded == meta and meta.num_classes == 10 and meta.eval_image_size == 32
+    images = _images(6)
+    result = teacher.load(output, batch_size=4).predict(images, top_k=3, full_distribution=True)
+    np.testing.assert_allclose(result.distribution, _expected_probabilities(tiny_model, images), atol=1e-5)
+    assert result.top_k_indices.shape == (6, 3) and result.top_k_indices.dtype == np.int32
+    assert np.all(np.diff(result.top_k_probabilities, axis=1) <= 0)
+    np.testing.assert_allclose(result.confidence, result.distribution.max(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(result.top_k_indices[:, 0], result.distribution.argmax(axis=1))
+
+
+def test_teacher_id_is_a_content_hash(tiny_model, teacher_dir, tmp_path):
+    again = teacher.export(tiny_model, "resnet_rs_tiny", str(tmp_path / "again"),
+                           class_names=[f"digit {i}" for i in range(10)])
+    assert again.teacher_id == teacher.load(teacher_dir).teacher_id
+    other = models.create("resnet_rs_tiny", num_classes=10)
+    assert teacher.export(other, "resnet_rs_tiny", str(tmp_path / "other")).teacher_id != again.teacher_id
+
+
+def test_ragged_last_batch_is_padded_and_compiles_once(teacher_dir, tiny_model):
+    loaded = predictor.Teacher(teacher_dir, batch_size=4)
+    images = _images(9, seed=1)
+    result = loaded.predict(images, full_distribution=True)
+    assert result.confidence.shape == (9,)
+    assert loaded.compiled_step_traces == 1
+    np.testing.assert_allclose(result.distribution, _expected_probabilities(tiny_model, images), atol=1e-5)
+
+
+def test_temperature(teacher_dir, tiny_model):
+    images = _images(3, seed=2)
+    loaded = teacher.load(teacher_dir)
+    hot = loaded.predict(images, temperature=1e6, full_distribution=True)
+    np.testing.assert_allclose(hot.distribution, 0.1, atol=1e-5)
+    np.testing.assert_allclose(hot.entropy, np.log(10), atol=1e-4)
+    cool = loaded.predict(images, temperature=0.5, full_distribution=True)
+    np.testing.assert_allclose(cool.distribution, _expected_probabilities(tiny_model, images, 0.5), atol=1e-5)
+    one = loaded.predict(images, temperature=1.0, full_distribution=True)
+    p = _expected_probabilities(tiny_model, images)
+    np.testing.assert_allclose(one.entropy, -(p * np.log(p)).sum(axis=1), atol=1e-5)
+
+
+def test_images_of_different_sizes_and_encoded_bytes(teacher_dir, tiny_model):
+    images = [_images(1, 40, 70, seed=3)[0], _images(1, 90, 35, seed=4)[0]]
+    encoded = [tf.io.encode_png(image).numpy() for image in images]
+    loaded = teacher.load(teacher_dir)
+    from_arrays = loaded.predict(images, full_distribution=True).distribution
+    from_bytes = loaded.predict(encoded, full_distribution=True).distribution
+    np.testing.assert_allclose(from_arrays, from_bytes, atol=1e-6)
+    expected = np.concatenate([_expected_probabilities(tiny_model, image[None]) for image in images])
+    np.testing.assert_allclose(from_arrays, expected, atol=1e-5)
+
+
+def test_bfloat16_prediction_agrees_with_float32(teacher_dir):
+    images = _images(8, seed=5)
+    fp32 = teacher.load(teacher_dir).predict(images, full_distribution=True)
+    bf16 = teacher.load(teacher_dir, precision="bfloat16").predict(images, full_distribution=True)
+    np.testing.assert_allclose(bf16.distribution, fp32.distribution, atol=0.02)
+
+
+def test_bare_saved_model_follows_the_signature(teacher_dir):
+    images = _images(3, seed=6)
+    bare = teacher.load(os.path.join(teacher_dir, "saved_model")).predict(images, full_distribution=True)
+    full = teacher.load(teacher_dir).predict(images, full_distribution=True)
+    np.testing.assert_allclose(bare.distribution, full.distribution, atol=1e-5)
+    assert teacher.load(os.path.join(teacher_dir, "saved_model")).teacher_id is None
+
+
+def test_saved_model_serves_jpeg_bytes_without_this_project(teacher_dir, tmp_path):
+    jpeg = tf.io.encode_jpeg(_images(1, seed=7)[0]).numpy()
+    (tmp_path / "image.jpg").write_bytes(jpeg)
+    check = textwrap.dedent("""
+        import sys, tensorflow as tf
+        serve = tf.saved_model.load(sys.argv[1] + "/saved_model").signatures["serving_default"]
+        logits = serve(image_bytes=tf.constant([open(sys.argv[2], "rb").read()] * 2))["logits"]
+        assert not any(m.split(".")[0] in ("models", "teacher") for m in sys.modules)
+        print("logits", logits.shape)
+    """)
+    result = subprocess.run([sys.executable, "-c", check, teacher_dir, str(tmp_path / "image.jpg")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "logits (2, 10)" in result.stdout
+
+
+def test_load_is_shared_per_process_and_thread_safe(teacher_dir):
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(lambda _: teacher.load(teacher_dir, batch_size=2), range(8)))
+        assert all(t is loaded[0] for t in loaded)
+        results = list(pool.map(lambda seed: loaded[0].predict(_images(3, seed=seed)).confidence, range(4)))
+    for seed, confidence in enumerate(results):
+        np.testing.assert_allclose(confidence, loaded[0].predict(_images(3, seed=seed)).confidence, atol=1e-6)
+
+
+def test_two_replicas_give_the_same_labels_as_one(teacher_dir):
+    check = textwrap.dedent("""
+        import sys, numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import teacher
+        images = np.random.default_rng(0).integers(0, 256, (7, 48, 48, 3), dtype=np.uint8)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        two = teacher.load(sys.argv[1], batch_size=4, strategy=strategy).predict(images, full_distribution=True)
+        one = teacher.load(sys.argv[1], batch_size=4).predict(images, full_distribution=True)
+        assert strategy.num_replicas_in_sync == 2
+        np.testing.assert_allclose(two.distribution, one.distribution, atol=1e-5)
+        print("replicas agree")
+    """)
+    result = subprocess.run([sys.executable, "-c", check, teacher_dir], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replicas agree" in result.stdout
+
+
+def test_strategy_names():
+    assert devices.make_strategy("cpu") is tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match="--strategy='npu'"):
+        devices.make_strategy("npu")
+    if not tf.config.list_physical_devices("GPU"):
+        with pytest.raises(ValueError, match="no GPU"):
+            devices.make_strategy("gpu")
+
+
+def test_a_directory_that_is_not_a_teacher(tmp_path):
+    with pytest.raises(teacher.TeacherError, match="not a teacher directory"):
+        teacher.load(str(tmp_path))
+
+
+def test_class_count_mismatch_between_json_and_model(teacher_dir, tmp_path):
+    broken = tmp_path / "broken"
+    tf.io.gfile.makedirs(str(broken))
+    for name in ("teacher.json", "model.keras"):
+        tf.io.gfile.copy(os.path.join(teacher_dir, name), str(broken / name))
+    record = json.loads((broken / "teacher.json").read_text())
+    record["num_classes"], record["class_names"] = 12, [f"c{i}" for i in range(12)]
+    (broken / "teacher.json").write_text(json.dumps(record))
+    with pytest.raises(teacher.TeacherError, match="12 classes but the model outputs 10"):
+        predictor.Teacher(str(broken))
+    record["num_classes"] = 11
+    (broken / "teacher.json").write_text(json.dumps(record))
+    with pytest.raises(teacher.TeacherError, match="num_classes is 11 but class_names has 12"):
+        predictor.Teacher(str(broken))
+
+
+def test_a_model_file_with_python_code_is_refused(tmp_path):
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(1, 2)))(inputs)
+    outputs = keras.layers.Dense(10)(outputs)
+    directory = str(tmp_path / "evil")
+    teacher.export(keras.Model(inputs, outputs), "resnet_rs_tiny", directory)
+    with pytest.raises(ValueError, match="(?i)lambda|unsafe|safe_mode"):
+        predictor.Teacher(directory)
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((2, 32, 32), np.uint8), "shape \\(N, H, W, 3\\)"),
+    (np.zeros((2, 32, 32, 3), np.float32), "uint8"),
+    ([np.zeros((32, 32), np.uint8)], "image 0 must be uint8 \\(H, W, 3\\)"),
+])
+def test_wrong_rank_or_dtype_is_named(teacher_dir, images, message):
+    with pytest.raises(teacher.TeacherError, match=message):
+        teacher.load(teacher_dir).predict(images)
+
+
+def test_bad_options_are_named(teacher_dir):
+    with pytest.raises(teacher.TeacherError, match="temperature"):
+        teacher.load(teacher_dir).predict(_images(1), temperature=0)
+    with pytest.raises(teacher.TeacherError, match="precision"):
+        predictor.Teacher(teacher_dir, precision="float16")
