@@ -22,6 +22,11 @@ setuptools.setup(
         "numpy>=1.26",
         "pillow>=10",
     ],
+    entry_points={
+        "console_scripts": [
+            "resnet-rs-export-teacher = teacher.export:main",
+        ],
+    },
     extras_require={
         "test": [
             "pytest>=8",

@@ -38,6 +38,8 @@ def run(argv=None):
         raise app.UsageError("--weights goes with --model, not --model_dir.")
     if FLAGS.model and FLAGS.model not in models.CONFIGS:
         raise app.UsageError(f"--model={FLAGS.model} is not one of {sorted(models.CONFIGS)}.")
+    if FLAGS.model and FLAGS.class_names:
+        directory.class_names_from(FLAGS.class_names, FLAGS.num_classes)  # fail before building
     if FLAGS.model_dir:
         model, name = directory.model_from_training_run(FLAGS.model_dir)
         source, random_init = f"training-run:{FLAGS.model_dir}", False

@@ -73,10 +73,21 @@ def _as_uint8_batches(images):
         yield image[np.newaxis]
 
 
+def default_jit_compile(precision):
+    """XLA everywhere except bfloat16 on a host without accelerators.
+
+    Measured on a 2-core AVX512-BF16/AMX CPU, resnet_rs_50 at 160 px, batch 32: float32
+    XLA 53 img/s vs graph 47; bfloat16 XLA 44 img/s vs graph 63, because TF's oneDNN
+    kernels use the CPU's bfloat16 units and XLA:CPU does not.
+    """
+    accelerated = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")
+    return bool(accelerated) or precision == "float32"
+
+
 class Teacher:
     """A loaded teacher. Use `load(path)` rather than constructing one directly."""
 
-    def __init__(self, path, batch_size=64, precision="float32", strategy=None, jit_compile=True):
+    def __init__(self, path, batch_size=64, precision="float32", strategy=None, jit_compile=None):
         if precision not in PRECISIONS:
             raise TeacherError(f"precision={precision!r}: expected one of {sorted(PRECISIONS)}.")
         self.path = path
@@ -101,6 +112,8 @@ class Teacher:
         # One XLA cluster cannot reach the variables of several local replicas ("tf.Variable on a
         # different device"), so multi-replica Mirrored runs use TF's graph executor; TPUStrategy
         # compiles the whole step with XLA regardless of this flag.
+        if jit_compile is None:
+            jit_compile = default_jit_compile(precision)
         self._step = tf.function(self._replica_step, jit_compile=jit_compile and replicas == 1)
         self._distributed_step = tf.function(self._run_on_replicas)
 
@@ -200,7 +213,7 @@ _CACHE = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load(path, batch_size=64, precision="float32", strategy=None, jit_compile=True):
+def load(path, batch_size=64, precision="float32", strategy=None, jit_compile=None):
     """The `Teacher` at `path`, loaded once per process for each set of options."""
     key = (path, batch_size, precision, id(strategy), jit_compile)
     with _CACHE_LOCK:
