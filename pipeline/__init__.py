@@ -1,1 +1,5 @@
-"""The Beam labeling job: unlabeled images to filtered, class-balanced soft-label TFRecords."""
+"""The Beam labeling job: read, decode, label (RunInference), select, write, account, report.
+
+Entry points: `python -m pipeline.label` (`pipeline.label.run(argv)`) and
+`python -m pipeline.report`. Record formats: `pipeline.records`.
+"""

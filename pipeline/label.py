@@ -1,0 +1,105 @@
+r"""The labeling job: unlabeled images -> filtered, class-balanced soft-label TFRecords.
+
+Locally (DirectRunner):
+  python -m pipeline.label --teacher=TEACHER_DIR --input='photos/*' --output=OUT_DIR \
+      --min_confidence=0.3 --per_class=1000
+On Dataflow: add Beam's options, e.g. --runner=DataflowRunner --project=P --region=R
+  --temp_location=gs://B/tmp --setup_file=./setup.py (README: CPU, GPU and TPU workers).
+
+Stages, as named in the Dataflow UI: ReadImages -> [Deduplicate] -> Decode -> Label
+(RunInference) -> Select -> WriteRecords / WriteRejected -> Facts -> Commit.
+"""
+
+import sys
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TestOptions
+
+from pipeline import commit, decode, inference, options, records, selection, sources, stats, write
+from pipeline.options import UsageError
+from teacher import metadata as teacher_metadata
+
+
+def _teacher_metadata(path):
+    try:
+        return teacher_metadata.read(path)
+    except teacher_metadata.TeacherError as error:
+        raise UsageError(f"--teacher={path}: {error}") from error
+
+
+def build(pipeline, settings, meta):
+    """Adds the whole job to `pipeline`; returns the PCollection holding the manifest."""
+    s = settings
+    staging = beam.io.filesystems.FileSystems.join(s.output, commit.STAGING_PREFIX + s.run_id())
+    candidates, read_rejections = pipeline | "ReadImages" >> sources.ReadImages(
+        s.input, s.input_format, s.image_feature, s.data_dir, s.tfds_ranges)
+    rejection_sets = [read_rejections]
+    read_total = ((candidates | "CandidatesSeen" >> beam.Map(lambda c: c.uri),
+                   read_rejections | "ReadRejectionsSeen" >> beam.Map(lambda r: r.uri))
+                  | "EverythingRead" >> beam.Flatten())
+    if s.dedup:
+        unique = candidates | "Deduplicate" >> selection.Deduplicate()
+        candidates = unique.unique
+        rejection_sets.append(unique[selection.REJECTED])
+    decoded = candidates | "Decode" >> beam.ParDo(
+        decode.DecodeImages(s.max_pixels, s.max_side)).with_outputs(decode.REJECTED, main="images")
+    rejection_sets.append(decoded[decode.REJECTED])
+    handler = inference.TeacherModelHandler(
+        s.teacher, top_k=s.top_k, temperature=s.temperature, full_distribution=s.full_distribution,
+        min_batch_size=s.min_batch_size, max_batch_size=s.max_batch_size, precision=s.precision,
+        strategy=s.teacher_strategy, tpu=s.tpu, share_across_processes=s.share_model_across_processes)
+    labeled = decoded.images | "Label" >> inference.Label(handler)
+    selected = labeled | "Select" >> selection.Select(s.min_confidence, s.per_class, s.balance)
+    rejected = tuple(rejection_sets) | "AllRejections" >> beam.Flatten()
+    train_files = selected["written"] | "WriteRecords" >> write.WriteShards(
+        staging, records.TRAIN_PREFIX, s.num_shards, records.TRAIN_SUFFIX, True,
+        write.record_identity, write.serialize_record)
+    rejected_files = rejected | "WriteRejected" >> write.WriteShards(
+        staging, records.REJECTED_PREFIX, s.rejected_shards, records.REJECTED_SUFFIX, False,
+        write.rejection_identity, write.serialize_rejection)
+    facts = {"read": read_total, "rejected": rejected, "labeled": labeled, "below": selected["below"],
+             "over_cap": selected["over_cap"], "written": selected["written"],
+             "train_files": train_files, "rejected_files": rejected_files} | "Facts" >> stats.Facts(
+        meta.num_classes, s.thumbnails_per_class)
+    manifest_base = {
+        "schema_version": records.SCHEMA_VERSION,
+        "run_id": s.run_id(),
+        "teacher": {"teacher_id": meta.teacher_id, "model_name": meta.model_name, "num_classes": meta.num_classes,
+                    "eval_image_size": meta.eval_image_size, "random_init": meta.random_init, "path": s.teacher},
+        "settings": s.to_manifest(),
+        "input": s.input,
+    }
+    return facts | "Commit" >> beam.ParDo(commit.Commit(s.output, staging, manifest_base, meta.class_names))
+
+
+def run(argv=None, test_pipeline=None):
+    """Parses flags, checks them, runs the job and waits for it. Returns the PipelineResult.
+
+    Raises UsageError before any work for a wrong flag, a missing input or a non-teacher.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    settings, beam_args = options.parse(argv)
+    meta = _teacher_metadata(settings.teacher)
+    settings = options.resolve(settings, meta.num_classes)
+    options.validate(settings, meta.num_classes)
+    pipeline_options = PipelineOptions(beam_args)
+    # Everything the workers run lives in installed packages (--setup_file ships them), so
+    # the main session need not be pickled.
+    pipeline_options.view_as(SetupOptions).save_main_session = False
+    pipeline = test_pipeline or beam.Pipeline(options=pipeline_options)
+    build(pipeline, settings, meta)
+    result = pipeline.run()
+    if not pipeline_options.view_as(TestOptions).dry_run:  # DataflowRunner builds, does not submit
+        result.wait_until_finish()
+    return result
+
+
+def main():
+    try:
+        run()
+    except UsageError as error:
+        sys.exit(f"pipeline.label: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The labeling job's flags, and their checks before any work starts.
+
+Job flags are absl flags on a private FlagValues (so the job can be run many times in one
+process, and never clashes with another module's flags); everything absl does not know is
+handed to Beam's PipelineOptions unchanged, after checking Beam knows it too, because Beam
+itself only warns about an unknown option and would run the job without it.
+"""
+
+import dataclasses
+import hashlib
+import json
+
+from absl import flags
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options import pipeline_options
+
+from pipeline import commit, sources
+
+
+class UsageError(ValueError):
+    """A flag is missing, unknown, out of range or contradicts another; names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSettings:
+    teacher: str
+    input: str
+    output: str
+    input_format: str = "auto"
+    image_feature: str = None
+    data_dir: str = None
+    tfds_ranges: int = 64
+    top_k: int = 0  # 0: min(5, the teacher's class count)
+    temperature: float = 1.0
+    min_confidence: float = 0.3
+    per_class: int = 0
+    balance: str = "none"
+    dedup: bool = False
+    full_distribution: bool = False
+    max_side: int = 0
+    max_pixels: int = 100_000_000
+    num_shards: int = 16
+    rejected_shards: int = 1
+    min_batch_size: int = 1
+    max_batch_size: int = 32
+    precision: str = "float32"
+    teacher_strategy: str = "auto"
+    tpu: str = None
+    share_model_across_processes: bool = False
+    thumbnails_per_class: int = 4
+    overwrite: bool = False
+
+    def run_id(self):
+        """Deterministic id of a run's settings (no wall clock): names its staging dir."""
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_manifest(self):
+        keep = dataclasses.asdict(self)
+        for name in ("teacher", "input", "output", "overwrite"):
+            keep.pop(name)
+        return keep
+
+
+def define_flags():
+    values = flags.FlagValues()
+    defaults = LabelSettings(teacher="", input="", output="")
+    f = dict(flag_values=values)
+    flags.DEFINE_string("teacher", None, "Teacher directory (python -m teacher.export).", **f)
+    flags.DEFINE_string("input", None, "Image glob, list file, TFRecord glob, or tfds:NAME/SPLIT.", **f)
+    flags.DEFINE_string("output", None, "OUT_DIR for records, rejections, manifest and stats (local or gs://).", **f)
+    flags.DEFINE_enum("input_format", "auto", sources.INPUT_FORMATS, "Kind of --input; auto guesses.", **f)
+    flags.DEFINE_string("image_feature", None, "Image bytes feature of TFRecord/TFDS input "
+                        "(default image/encoded, or image for TFDS).", **f)
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir of a prepared dataset.", **f)
+    flags.DEFINE_integer("tfds_ranges", defaults.tfds_ranges, "Parallel read ranges for TFDS input.", **f)
+    flags.DEFINE_integer("top_k", defaults.top_k, "Classes kept per image (0: 5, or every class of a "
+                         "teacher with fewer).", **f)
+    flags.DEFINE_float("temperature", defaults.temperature, "Softmax temperature of the soft labels.", **f)
+    flags.DEFINE_float("min_confidence", defaults.min_confidence,
+                       "Drop labels whose max probability is below this (Noisy Student: 0.3).", **f)
+    flags.DEFINE_integer("per_class", defaults.per_class,
+                         "Keep at most this many images per class, most confident first (0: no cap; "
+                         "Noisy Student: 130000).", **f)
+    flags.DEFINE_enum("balance", None, ["duplicate", "none"], "Fill classes below --per_class by duplicating "
+                      "their images (default: duplicate when --per_class is set).", **f)
+    flags.DEFINE_bool("dedup", defaults.dedup, "Label identical image content once; reject the copies.", **f)
+    flags.DEFINE_bool("full_distribution", defaults.full_distribution, "Also store every class probability.", **f)
+    flags.DEFINE_integer("max_side", defaults.max_side, "Downscale stored images to this side (0: keep).", **f)
+    flags.DEFINE_integer("max_pixels", defaults.max_pixels, "Reject images with more pixels, before decoding.", **f)
+    flags.DEFINE_integer("num_shards", defaults.num_shards, "train-* shards.", **f)
+    flags.DEFINE_integer("rejected_shards", defaults.rejected_shards, "rejected-* shards.", **f)
+    flags.DEFINE_integer("min_batch_size", defaults.min_batch_size, "Smallest inference batch.", **f)
+    flags.DEFINE_integer("max_batch_size", defaults.max_batch_size, "Largest inference batch (compiled size).", **f)
+    flags.DEFINE_enum("precision", defaults.precision, ["float32", "bfloat16"], "Teacher compute precision.", **f)
+    flags.DEFINE_enum("teacher_strategy", defaults.teacher_strategy, ["auto", "cpu", "gpu", "tpu"],
+                      "tf.distribute strategy of the teacher on each worker.", **f)
+    flags.DEFINE_string("tpu", None, "TPU name for --teacher_strategy=tpu ('local' on a TPU VM worker).", **f)
+    flags.DEFINE_bool("share_model_across_processes", False,
+                      "One teacher per worker VM instead of one per process (large teachers).", **f)
+    flags.DEFINE_integer("thumbnails_per_class", defaults.thumbnails_per_class,
+                         "Most and least confident examples per class kept for the report.", **f)
+    flags.DEFINE_bool("overwrite", False, "Replace a committed run in --output (atomically, at commit).", **f)
+    return values
+
+
+def _beam_unknown(args):
+    """The args in `args` that no registered Beam PipelineOptions class defines."""
+    parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)
+    for cls in pipeline_options.PipelineOptions.__subclasses__():
+        _add_all(cls, parser)
+    _, unknown = parser.parse_known_args(args)
+    return [arg for arg in unknown if arg.startswith("-")]
+
+
+def _add_all(cls, parser, seen=None):
+    seen = set() if seen is None else seen
+    if cls in seen:
+        return
+    seen.add(cls)
+    cls._add_argparse_args(parser)
+    for sub in cls.__subclasses__():
+        _add_all(sub, parser, seen)
+
+
+def parse(argv):
+    """argv (without the program name) -> (LabelSettings, Beam args). Raises UsageError."""
+    values = define_flags()
+    try:
+        beam_args = values(["label", *argv], known_only=True)[1:]
+    except flags.Error as error:
+        raise UsageError(str(error)) from error
+    unknown = _beam_unknown(beam_args)
+    if unknown:
+        raise UsageError(f"Unknown flag(s) {unknown}: not a flag of pipeline.label nor a Beam pipeline option.")
+    for name in ("teacher", "input", "output"):
+        if not values[name].value:
+            raise UsageError(f"--{name} is required.")
+    fields = {f.name for f in dataclasses.fields(LabelSettings)}
+    chosen = {name: values[name].value for name in fields if name in values}
+    if chosen["balance"] is None:
+        chosen["balance"] = "duplicate" if chosen["per_class"] else "none"
+    return LabelSettings(**chosen), beam_args
+
+
+def resolve(settings, num_classes):
+    """Fills defaults that depend on the teacher."""
+    if not settings.top_k:
+        settings = dataclasses.replace(settings, top_k=min(5, num_classes))
+    return settings
+
+
+def validate(settings, num_classes):
+    """Range and consistency checks, and that the input exists and the output may be written."""
+    s = settings
+    checks = [
+        (1 <= s.top_k <= num_classes, f"--top_k={s.top_k} must be between 1 and the teacher's {num_classes} classes"),
+        (s.temperature > 0, f"--temperature={s.temperature} must be > 0"),
+        (0.0 <= s.min_confidence <= 1.0, f"--min_confidence={s.min_confidence} must be in [0, 1]"),
+        (s.per_class >= 0, f"--per_class={s.per_class} must be >= 0"),
+        (not (s.balance == "duplicate" and not s.per_class),
+         "--balance=duplicate needs --per_class (the count each class is filled to)"),
+        (s.max_side >= 0, f"--max_side={s.max_side} must be >= 0"),
+        (s.max_pixels > 0, f"--max_pixels={s.max_pixels} must be > 0"),
+        (s.num_shards >= 1 and s.rejected_shards >= 1, "--num_shards and --rejected_shards must be >= 1"),
+        (1 <= s.min_batch_size <= s.max_batch_size,
+         f"--min_batch_size={s.min_batch_size} must be >= 1 and <= --max_batch_size={s.max_batch_size}"),
+        (s.thumbnails_per_class >= 0, "--thumbnails_per_class must be >= 0"),
+        (s.tfds_ranges >= 1, "--tfds_ranges must be >= 1"),
+        (not (s.tpu and s.teacher_strategy not in ("auto", "tpu")),
+         f"--tpu={s.tpu} contradicts --teacher_strategy={s.teacher_strategy}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message + ".")
+    _check_input(s)
+    if commit.existing_outputs(s.output) and not s.overwrite:
+        raise UsageError(f"--output={s.output} already holds a labeling run; pass --overwrite to replace it "
+                         "(the new run replaces it only once it has finished).")
+
+
+def _check_input(s):
+    kind = sources.guess_format(s.input) if s.input_format == "auto" else s.input_format
+    if kind == "tfds":
+        try:
+            sources.parse_tfds(s.input)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+        return
+    if s.input.startswith("tfds:"):
+        raise UsageError(f"--input={s.input} is a TFDS name but --input_format={s.input_format}.")
+    if kind == "list":
+        if not FileSystems.exists(s.input):
+            raise UsageError(f"--input={s.input}: the list file does not exist.")
+        return
+    if not FileSystems.match([s.input], limits=[1])[0].metadata_list:
+        raise UsageError(f"--input={s.input} matches no file.")

@@ -1,0 +1,136 @@
+"""The labeling job's record formats: soft-label `tf.train.Example`s and their shard files.
+
+A pseudo-label record (one per written image; duplicates added for class balance carry
+`label/copy_index` >= 1):
+  image/encoded               bytes   JPEG or PNG, RGB
+  image/key                   bytes   sha256 hex of the original input bytes
+  image/source_uri            bytes
+  label/top_k_indices         int64   k, most probable first
+  label/top_k_probabilities   float   k, descending
+  label/confidence            float   max probability
+  label/entropy               float   nats, full temperature-scaled distribution
+  label/distribution          float   num_classes (only with --full_distribution)
+  label/copy_index            int64
+
+Shards are written here rather than with `beam.io.WriteToTFRecord` because that sink deals
+records to shards in arrival order, so two runs over the same inputs give different shard
+contents; this job assigns each record to a shard by its content and sorts each shard, so
+reruns (and 1 vs N workers) produce byte-identical files.
+"""
+
+import hashlib
+import json
+import struct
+
+import google_crc32c
+import numpy as np
+import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
+
+SCHEMA_VERSION = 1
+TRAIN_PREFIX = "train"
+REJECTED_PREFIX = "rejected"
+TRAIN_SUFFIX = ".tfrecord"
+REJECTED_SUFFIX = ".jsonl"
+
+
+def shard_name(prefix, index, num_shards, suffix):
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
+
+
+def shard_of(identity, num_shards):
+    """A record's shard, from its identity (a string): stable across runs and workers."""
+    return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big") % num_shards
+
+
+def _bytes(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+
+def _floats(values):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+
+def _ints(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def to_example(labeled, copy_index):
+    """A `pipeline.inference.LabeledImage` -> serialized `tf.train.Example`."""
+    features = {
+        "image/encoded": _bytes([labeled.image.encoded]),
+        "image/key": _bytes([labeled.image.key.encode()]),
+        "image/source_uri": _bytes([labeled.image.uri.encode()]),
+        "label/top_k_indices": _ints([int(i) for i in labeled.top_k_indices]),
+        "label/top_k_probabilities": _floats([float(p) for p in labeled.top_k_probabilities]),
+        "label/confidence": _floats([labeled.confidence]),
+        "label/entropy": _floats([labeled.entropy]),
+        "label/copy_index": _ints([copy_index]),
+    }
+    if labeled.distribution is not None:
+        features["label/distribution"] = _floats([float(p) for p in labeled.distribution])
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def parse_example(serialized):
+    """Serialized record -> dict of Python/numpy values (for tests, reports and tools)."""
+    example = tf.train.Example.FromString(serialized)
+    feature = example.features.feature
+    record = {
+        "image/encoded": feature["image/encoded"].bytes_list.value[0],
+        "image/key": feature["image/key"].bytes_list.value[0].decode(),
+        "image/source_uri": feature["image/source_uri"].bytes_list.value[0].decode(),
+        "label/top_k_indices": np.array(feature["label/top_k_indices"].int64_list.value, np.int64),
+        "label/top_k_probabilities": np.array(feature["label/top_k_probabilities"].float_list.value, np.float32),
+        "label/confidence": feature["label/confidence"].float_list.value[0],
+        "label/entropy": feature["label/entropy"].float_list.value[0],
+        "label/copy_index": feature["label/copy_index"].int64_list.value[0],
+    }
+    if "label/distribution" in feature:
+        record["label/distribution"] = np.array(feature["label/distribution"].float_list.value, np.float32)
+    return record
+
+
+def rejection_line(uri, reason, stage):
+    return json.dumps({"uri": uri, "reason": reason, "stage": stage}, sort_keys=True).encode() + b"\n"
+
+
+def _masked_crc32c(data):
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord_frame(data):
+    """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", _masked_crc32c(length)) + data + struct.pack("<I", _masked_crc32c(data))
+
+
+def write_shard(path, payloads, framed):
+    """Writes `payloads` (bytes, already in their final order) to `path` through Beam's
+    filesystems, so local paths and gs:// both work. Returns the number written."""
+    count = 0
+    with FileSystems.create(path, mime_type="application/octet-stream") as handle:
+        for payload in payloads:
+            handle.write(tfrecord_frame(payload) if framed else payload)
+            count += 1
+    return count
+
+
+def read_tfrecords(path):
+    """Yields the payloads of a TFRecord file read through Beam's filesystems (gs:// too)."""
+    with FileSystems.open(path, mime_type="application/octet-stream",
+                          compression_type="uncompressed") as handle:
+        data = handle.read()
+    offset = 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        (length_crc,) = struct.unpack_from("<I", data, offset + 8)
+        if length_crc != _masked_crc32c(data[offset:offset + 8]):
+            raise ValueError(f"{path}: corrupt TFRecord length at byte {offset}.")
+        payload = data[offset + 12:offset + 12 + length]
+        (payload_crc,) = struct.unpack_from("<I", data, offset + 12 + length)
+        if payload_crc != _masked_crc32c(payload):
+            raise ValueError(f"{path}: corrupt TFRecord payload at byte {offset}.")
+        yield payload
+        offset += 16 + length

@@ -1,0 +1,106 @@
+r"""Label confidence report: read a labeling run before spending TPU time on a student.
+
+  python -m pipeline.report --labels=OUT_DIR --output=report.html [--holdout=SOURCE]
+  python -m pipeline.report --labels=OUT_DIR --format=text      # terminal table only
+  python -m pipeline.report --labels=OUT_DIR --format=json      # machine-readable summary
+  python -m pipeline.report --labels=OUT_DIR --recompute --output=report.html [Beam flags]
+
+Reads OUT_DIR/manifest.json and OUT_DIR/stats.json (local or gs://), never the records. The
+HTML file is self-contained: summary and accounting, confidence and entropy histograms, a
+threshold sweep, per-class table and chart (worst classes first) and example thumbnails.
+--holdout (an image folder with one subfolder per class, or tfds:NAME/SPLIT) runs the teacher
+on labeled data and adds accuracy, a reliability diagram, ECE and accuracy versus kept
+fraction: the evidence for choosing --min_confidence. --recompute writes a missing stats.json
+with a Beam job over the records (DirectRunner unless Beam flags say otherwise).
+"""
+
+import json
+import sys
+
+from absl import app, flags
+
+from pipeline import report_html, report_summary
+from pipeline.report_summary import ReportError
+
+FORMATS = ("html", "text", "json")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("labels", None, "The labeling job's OUT_DIR (local path or gs://).")
+flags.DEFINE_string("output", None, "Where to write the HTML report (local path or gs://).")
+flags.DEFINE_enum("format", "html", FORMATS, "html: write --output and print the summary table; "
+                  "text: print the table; json: print the summary as JSON (both also write --output if given).")
+flags.DEFINE_string("holdout", None, "Labeled images the teacher did not train on: a folder with one "
+                    "subfolder per class (named as the teacher's classes), or tfds:NAME/SPLIT.")
+flags.DEFINE_integer("holdout_limit", None, "Evaluate at most this many holdout images.")
+flags.DEFINE_string("teacher", None, "Teacher directory; overrides the path recorded in manifest.json.")
+flags.DEFINE_bool("recompute", False, "Compute stats.json from the train-*.tfrecord records with a Beam job "
+                  "(for runs without one); Beam pipeline flags pass through.")
+flags.DEFINE_integer("num_classes", None, "Classes, for --recompute when neither a manifest nor --teacher says.")
+flags.DEFINE_integer("chart_classes", 40, "Classes shown in the per-class chart (the table has all).")
+flags.DEFINE_integer("thumbnail_classes", 24, "Classes whose example thumbnails the report shows.")
+
+
+def build_report(labels, output=None, output_format="html", holdout=None, holdout_limit=None, teacher_path=None,
+                 recompute=False, num_classes=None, beam_args=(), chart_classes=40, thumbnail_classes=24):
+    """Writes the HTML report (when `output` is set) and returns (summary dict, text to print)."""
+    if output_format not in FORMATS:
+        raise ReportError(f"--format={output_format}: expected one of {', '.join(FORMATS)}.")
+    if output_format == "html" and not output:
+        raise ReportError("--format=html needs --output=report.html (or use --format=text or json).")
+    manifest, stats = report_summary.read_run(labels)
+    if recompute:
+        from pipeline import report_recompute  # deferred: Beam's job graph is built only when asked
+
+        stats = report_recompute.recompute(labels, beam_args, teacher_path, num_classes)
+    if stats is None:
+        marker = "" if manifest else f" nor {report_summary.MANIFEST_FILE} (is it a labeling job's OUT_DIR?)"
+        raise ReportError(f"--labels={labels} has no {report_summary.STATS_FILE}{marker}; pass --recompute to "
+                          "compute it from the train-*.tfrecord records with a Beam job.")
+    holdout_metrics = None
+    if holdout:
+        from pipeline import report_holdout  # deferred: TensorFlow loads only for a holdout
+
+        settings = (manifest or {}).get("settings") or {}
+        path = teacher_path or ((manifest or {}).get("teacher") or {}).get("path")
+        if not path:
+            raise ReportError("--holdout needs a teacher: manifest.json names none, so pass --teacher=TEACHER_DIR.")
+        holdout_metrics = report_holdout.evaluate(path, holdout, float(settings.get("temperature") or 1.0),
+                                                  int(settings.get("top_k") or 5), settings.get("min_confidence"),
+                                                  holdout_limit)
+    summary = report_summary.summarize(labels, manifest, stats, holdout_metrics)
+    if output:
+        page = report_html.render(summary, stats.get("examples") or {}, chart_classes, thumbnail_classes)
+        with report_summary.FileSystems.create(output) as handle:
+            handle.write(page.encode("utf-8"))
+    if output_format == "json":
+        text = json.dumps(summary, indent=1, allow_nan=False) + "\n"
+    else:
+        text = report_summary.format_text(summary)
+        if output:
+            text += f"\nreport written to {report_summary.printable(output)}\n"
+    return summary, text
+
+
+def run(argv):
+    """Entry point body: `argv` is what absl left after parsing (the program name, then Beam flags)."""
+    if not FLAGS.labels:
+        raise app.UsageError("--labels=OUT_DIR is required.")
+    beam_args = argv[1:]
+    if beam_args and not FLAGS.recompute:
+        raise app.UsageError(f"unknown flags {beam_args}: Beam flags only apply with --recompute.")
+    _, text = build_report(FLAGS.labels, FLAGS.output, FLAGS.format, FLAGS.holdout, FLAGS.holdout_limit,
+                           FLAGS.teacher, FLAGS.recompute, FLAGS.num_classes, beam_args, FLAGS.chart_classes,
+                           FLAGS.thumbnail_classes)
+    sys.stdout.write(text)
+
+
+def main():
+    try:
+        # known_only: flags this module does not define (Beam's) are left for PipelineOptions.
+        app.run(run, flags_parser=lambda argv: FLAGS(argv, known_only=True))
+    except ReportError as error:
+        sys.exit(f"pipeline.report: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Select: Noisy Student's data selection, as Beam transforms that scale with the input.
+
+1. Drop labels whose confidence is below --min_confidence.
+2. Per class (the teacher's top-1), keep at most --per_class images, most confident first.
+   Only a (confidence, identity) pair per image goes through Beam's Top.PerKey, so the
+   per-class ranking never holds image bytes; the decision is joined back by identity.
+3. --balance=duplicate: a class with n < per_class kept images is filled to per_class by
+   writing each image per_class // n times, plus one more for the (per_class % n) most
+   confident. Noisy Student duplicates at random; ranking by confidence makes the choice
+   deterministic without a seed.
+Ties in confidence are broken by the image identity, so reruns select the same images.
+
+Optional dedup of identical content (--dedup) happens before decoding (see `Deduplicate`).
+"""
+
+import apache_beam as beam
+
+from pipeline.elements import Rejection
+
+OVER_CAP = "over_cap"
+REJECTED = "rejected"
+
+
+def copies_per_image(item, per_class, balance):
+    """(class, [(confidence, identity)] most confident first) -> (identity, copies) pairs."""
+    _, ranked = item
+    count = len(ranked)
+    if balance == "duplicate" and count < per_class:
+        base, extra = divmod(per_class, count)
+        for rank, (_, identity) in enumerate(ranked):
+            yield identity, base + (1 if rank < extra else 0)
+    else:
+        for _, identity in ranked:
+            yield identity, 1
+
+
+class _RouteBySelection(beam.DoFn):
+    """Joined (identity, {images, copies}) -> (LabeledImage, copy_index) per written copy,
+    or the image to the over_cap output."""
+
+    def process(self, joined):
+        _, grouped = joined
+        (image,) = grouped["images"]
+        copies = list(grouped["copies"])
+        if not copies:
+            yield beam.pvalue.TaggedOutput(OVER_CAP, image)
+            return
+        for copy_index in range(copies[0]):
+            yield image, copy_index
+
+
+class Select(beam.PTransform):
+    """LabeledImage -> {"written": (LabeledImage, copy_index), "below": ..., "over_cap": ...}."""
+
+    def __init__(self, min_confidence, per_class, balance):
+        super().__init__()
+        self._min_confidence = min_confidence
+        self._per_class = per_class
+        self._balance = balance
+
+    def expand(self, labeled):
+        minimum = self._min_confidence
+        above, below = labeled | "Threshold" >> beam.Partition(
+            lambda image, _: 0 if image.confidence >= minimum else 1, 2)
+        if not self._per_class:
+            written = above | "KeepAll" >> beam.Map(lambda image: (image, 0))
+            over_cap = labeled.pipeline | "NothingOverCap" >> beam.Create([])
+            return {"written": written, "below": below, "over_cap": over_cap}
+        copies = (above
+                  | "RankKeys" >> beam.Map(lambda image: (image.label, (image.confidence, image.identity)))
+                  | "TopPerClass" >> beam.combiners.Top.PerKey(self._per_class)
+                  | "CopiesPerImage" >> beam.FlatMap(copies_per_image, self._per_class, self._balance))
+        images = above | "ByIdentity" >> beam.Map(lambda image: (image.identity, image))
+        routed = ({"images": images, "copies": copies}
+                  | "JoinSelection" >> beam.CoGroupByKey()
+                  | "Route" >> beam.ParDo(_RouteBySelection()).with_outputs(OVER_CAP, main="written"))
+        return {"written": routed.written, "below": below, "over_cap": routed[OVER_CAP]}
+
+
+def _first_uri_wins(item):
+    key, candidates = item
+    ordered = sorted(candidates, key=lambda candidate: candidate.uri)
+    yield ordered[0]
+    for duplicate in ordered[1:]:
+        yield beam.pvalue.TaggedOutput(
+            REJECTED, Rejection(duplicate.uri, f"duplicate: same content as {ordered[0].uri}", "dedup"))
+
+
+class Deduplicate(beam.PTransform):
+    """Candidates with identical bytes: the one with the smallest URI is labeled, the others
+    are rejected as duplicates (so they are counted, and the teacher never runs on them)."""
+
+    def expand(self, candidates):
+        from pipeline.decode import content_key
+
+        return (candidates
+                | "KeyByContent" >> beam.Map(lambda candidate: (content_key(candidate.data), candidate))
+                | "GroupByContent" >> beam.GroupByKey()
+                | "FirstUriWins" >> beam.FlatMap(_first_uri_wins).with_outputs(REJECTED, main="unique"))
