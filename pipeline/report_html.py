@@ -24,9 +24,9 @@ h1 { margin: 24px 0 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd;
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 120px; }
 .card b { display: block; font-size: 22px; } .card span { color: #666; font-size: 12px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 16px; align-items: start; }
-svg.chart { width: 100%; height: auto; } table { border-collapse: collapse; margin: 8px 0; }
+svg.chart { max-width: 100%; height: auto; } table { border-collapse: collapse; margin: 8px 0; }
 td, th { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; vertical-align: top; }
-td.text, th.text { text-align: left; } th { background: #f6f7f9; position: sticky; top: 0; }
+td.text, th.text { text-align: left; } td.name { max-width: 280px; overflow-wrap: anywhere; } th { background: #f6f7f9; position: sticky; top: 0; }
 th[data-type] { cursor: pointer; } th[aria-sort="ascending"]::after { content: " \\25B2"; }
 th[aria-sort="descending"]::after { content: " \\25BC"; } tr.current td { background: #fdecec; font-weight: 600; }
 .bar { display: inline-block; height: 10px; background: #3467b0; vertical-align: middle; }
@@ -78,10 +78,10 @@ def _number(value, digits=3, percent=False):
     return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}"
 
 
-def _cell(value, digits=3, text=False, percent=False):
+def _cell(value, digits=3, text=False, percent=False, css="text"):
     """A table cell whose data-value lets the sorter order it without parsing formatted text."""
     if text:
-        return f'<td class="text" data-value="{_escape(value)}">{_escape(value)}</td>'
+        return f'<td class="{css}" data-value="{_escape(value)}">{_escape(value)}</td>'
     data = "" if value is None else repr(float(value))
     return f'<td data-value="{data}">{_number(value, digits, percent)}</td>'
 
@@ -214,7 +214,7 @@ def _class_section(summary, max_chart_classes):
     for row in rows:
         quantiles = row.get("confidence_quantiles") or []
         deciles = [quantiles[index] if len(quantiles) == 11 else None for index in (1, 5, 9)]
-        body.append("<tr>" + _cell(row["class"]) + _cell(row["name"], text=True)
+        body.append("<tr>" + _cell(row["class"]) + _cell(row["name"], text=True, css="text name")
                     + "".join(_cell(row.get(key)) for key in ("labeled", "above_threshold", "kept", "duplicates", "written"))
                     + _cell(row["duplication_factor"], 2) + _cell(row.get("mean_confidence"))
                     + "".join(_cell(value) for value in deciles) + "</tr>")

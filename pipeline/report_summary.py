@@ -118,7 +118,9 @@ def threshold_sweep(stats, settings):
             "min_confidence": threshold,
             "above_threshold": above,
             "fraction_of_labeled": above / labeled if labeled else None,
-            "estimated_kept": estimated_kept(stats["per_class"], threshold, cap if cap and cap > 0 else None),
+            # Interpolated deciles can overshoot the exact count; the cap only ever removes images.
+            "estimated_kept": min(above, estimated_kept(stats["per_class"], threshold,
+                                                        cap if cap and cap > 0 else None)),
             "current": current is not None and abs(threshold - float(current)) < 1e-9,
         })
     return rows

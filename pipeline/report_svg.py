@@ -19,7 +19,8 @@ def _text(x, y, content, anchor="middle", size=11, extra=""):
 
 
 def _svg(width, height, title, body):
-    return (f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}" '
+    return (f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="{html.escape(title)}" '
             f'xmlns="http://www.w3.org/2000/svg" font-family="system-ui, sans-serif">'
             f"<title>{html.escape(title)}</title>{''.join(body)}</svg>")
 
@@ -152,13 +153,13 @@ def reliability_diagram(bins, title="Reliability diagram"):
 
 def class_chart(rows, title="Per-class counts and confidence"):
     """One line per class: labeled / kept / duplicate bars, and mean confidence with its 10-90% range."""
-    row_height, label_width, counts_width, gap = 16, 190, 300, 24
-    width = label_width + counts_width + gap + 220 + RIGHT
+    row_height, label_width, counts_width, gap, confidence_width = 16, 190, 420, 32, 300
+    width = label_width + counts_width + gap + confidence_width + RIGHT
     height = TOP + row_height * len(rows) + 34
     largest = max([max(row.get("labeled") or 0, row.get("written") or 0) for row in rows] + [1])
     count_x = lambda value: label_width + value / largest * counts_width  # noqa: E731
     confidence_left = label_width + counts_width + gap
-    confidence_x = lambda value: confidence_left + value * 220  # noqa: E731
+    confidence_x = lambda value: confidence_left + value * confidence_width  # noqa: E731
     body = [_text(label_width, TOP - 10, "labeled / kept / +duplicates", anchor="start", size=10),
             _text(confidence_left, TOP - 10, "mean confidence (10-90% range)", anchor="start", size=10)]
     for index, row in enumerate(rows):
