@@ -1,1 +1,9 @@
-"""The student trainer: co-training on labeled and pseudo-labeled images in mixed batches."""
+"""The student trainer: co-training on labeled and pseudo-labeled images in mixed batches.
+
+`train.run(TrainConfig(...))` (or `python -m student.train`) trains a ResNet-RS with the
+paper's recipe on TPU, GPU or CPU; without pseudo-labels it trains a supervised teacher.
+"""
+
+from student.config import ConfigError, TrainConfig
+
+__all__ = ["ConfigError", "TrainConfig"]

@@ -1,0 +1,124 @@
+"""Pseudo-labeled input: the labeling job's manifest check and its soft-label TFRecords.
+
+Reads the output contract of `pipeline.label` (see the README): `manifest.json` next to
+the `train-*.tfrecord` shards is the commit marker of a finished run, so a directory
+without it is refused, as is a manifest whose schema or class count does not match.
+
+Targets: the teacher's top-k probabilities renormalised over the top k (Noisy Student's
+soft targets at temperature 1 when the job ran with --temperature=1), or its full
+distribution when the job wrote one, or the top-1 class as a one-hot with
+--hard_pseudo_labels.
+"""
+
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+from student import sources
+from student.config import ConfigError
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclasses.dataclass
+class PseudoSource:
+    pattern: str
+    files: list
+    manifest: dict
+
+    @property
+    def top_k(self):
+        return int(self.manifest["settings"]["top_k"])
+
+    @property
+    def full_distribution(self):
+        return bool(self.manifest["settings"].get("full_distribution", False))
+
+    @property
+    def num_classes(self):
+        return int(self.manifest["teacher"]["num_classes"])
+
+    @property
+    def teacher_id(self):
+        return self.manifest["teacher"].get("teacher_id")
+
+    def records(self, pipeline_index=0, num_pipelines=1):
+        """(records_for_epoch(order_seed=None), record count) of this pipeline's share.
+
+        The manifest's `written` count is the epoch size when this pipeline reads every
+        shard the manifest lists; any other share is counted (one pass over its bytes).
+        """
+        def records_for_epoch(order_seed=None):
+            return sources.tfrecord_records(self.files, pipeline_index, num_pipelines, self._parse, order_seed)
+
+        listed = sorted(os.path.join(os.path.dirname(self.pattern), name) for name in self.manifest["files"]["train"])
+        if num_pipelines == 1 and listed == self.files:
+            return records_for_epoch, int(self.manifest["counts"]["written"])
+        return records_for_epoch, sources.count_records(records_for_epoch())
+
+    def _parse(self, record):
+        features = {
+            "image/encoded": tf.io.FixedLenFeature([], tf.string),
+            "label/top_k_indices": tf.io.FixedLenFeature([self.top_k], tf.int64),
+            "label/top_k_probabilities": tf.io.FixedLenFeature([self.top_k], tf.float32),
+        }
+        if self.full_distribution:
+            features["label/distribution"] = tf.io.FixedLenFeature([self.num_classes], tf.float32)
+        example = tf.io.parse_single_example(record, features)
+        parsed = {"image": example["image/encoded"], "top_k_indices": example["label/top_k_indices"],
+                  "top_k_probabilities": example["label/top_k_probabilities"]}
+        if self.full_distribution:
+            parsed["distribution"] = example["label/distribution"]
+        return parsed
+
+
+def soft_targets(record, num_classes, hard=False):
+    """The student's target distribution (float32, num_classes) for one parsed record."""
+    if hard:
+        return tf.one_hot(record["top_k_indices"][0], num_classes, dtype=tf.float32)
+    if "distribution" in record:
+        probabilities = record["distribution"]
+    else:
+        # The probabilities of the top k classes, scattered into place; the mass outside
+        # the top k is unknown, so the target is renormalised over the k classes written.
+        probabilities = tf.scatter_nd(tf.expand_dims(record["top_k_indices"], -1), record["top_k_probabilities"],
+                                      [num_classes])
+    return probabilities / tf.maximum(tf.reduce_sum(probabilities), 1e-12)
+
+
+def read_manifest(directory, flag="pseudo"):
+    path = os.path.join(directory, MANIFEST_FILE)
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(f"--{flag}: no {MANIFEST_FILE} in {directory}. The labeling job writes it last, as its "
+                          "commit marker: this is not a finished pipeline.label output.")
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"--{flag}: {path} is not valid JSON: {error}") from error
+
+
+def open_pseudo(pattern, labeled_num_classes, flag="pseudo"):
+    """Checks the manifest beside `pattern` against the labeled data; returns a PseudoSource."""
+    directory = os.path.dirname(pattern)
+    manifest = read_manifest(directory, flag)
+    path = os.path.join(directory, MANIFEST_FILE)
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"--{flag}: {path} has schema_version {version!r}; this trainer reads schema_version "
+                          f"{SCHEMA_VERSION}.")
+    try:
+        teacher_classes = int(manifest["teacher"]["num_classes"])
+        int(manifest["settings"]["top_k"])
+        manifest["counts"]["written"], manifest["files"]["train"]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"--{flag}: {path} lacks {error} (teacher.num_classes, settings.top_k, counts.written "
+                          "and files.train are required).") from error
+    if teacher_classes != labeled_num_classes:
+        raise ConfigError(f"--{flag}: the teacher in {path} labeled {teacher_classes} classes but the labeled data "
+                          f"(--labeled) has {labeled_num_classes}; pseudo and labeled targets must share classes.")
+    files = sources.matching_files(pattern, flag)
+    return PseudoSource(pattern, files, manifest)

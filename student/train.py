@@ -1,0 +1,234 @@
+r"""Train a ResNet-RS student on labeled + pseudo-labeled images (or a supervised teacher).
+
+  python -m student.train --model=resnet_rs_152 --labeled=tfds:imagenet2012 \
+      --data_dir=gs://BUCKET/tensorflow_datasets --pseudo=gs://BUCKET/labels/train-*.tfrecord \
+      --model_dir=gs://BUCKET/runs/student-152 --strategy=tpu --tpu=NAME \
+      --precision=bfloat16 --steps_per_execution=100
+Smoke run on a CPU (any source kind works, --train_steps overrides --epochs):
+  python -m student.train --model=resnet_rs_tiny --labeled=IMAGE_FOLDER --eval=IMAGE_FOLDER \
+      --model_dir=/tmp/run --batch_size=8 --train_steps=20 --checkpoint_every=10 --log_every=5
+
+Without --pseudo it trains a supervised teacher. Rerunning the same command on the same
+--model_dir resumes from the last checkpoint. At the end model_dir holds model.keras
+(EMA weights), config.json, eval_results.json, and teacher/ (a teacher directory for
+pipeline.label), so the student becomes the next teacher.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+import tensorflow as tf
+from absl import app, flags
+from tensorflow.core.framework import summary_pb2
+
+import teacher
+from student import config as config_lib
+from student import inputs, pseudo, sources
+from student import trainer as trainer_lib
+from student.config import ConfigError, TrainConfig
+from teacher import directory
+
+RESULTS_FILE = "eval_results.json"
+
+FLAGS = flags.FLAGS
+_HELP = {
+    "model": "Family member to train, e.g. resnet_rs_152 (models.config gives its per-size recipe).",
+    "labeled": "tfds:NAME, a TFRecord glob (image/encoded, image/class/label), or an image folder.",
+    "model_dir": "Checkpoints, summaries, config.json, model.keras, teacher/ (local, gs://, ram://).",
+    "pseudo": "Glob of the labeling job's train-*.tfrecord shards; manifest.json must sit beside them.",
+    "pseudo_ratio": "Pseudo-labeled images per labeled image in every batch (Noisy Student: 3).",
+    "hard_pseudo_labels": "Train on the teacher's top-1 class instead of its soft distribution.",
+    "pseudo_loss_weight": "Weight of the pseudo-label loss against the labeled loss.",
+    "eval": "Eval source (same kinds as --labeled); for tfds:NAME defaults to its --eval_split.",
+    "train_split": "TFDS split for training.",
+    "eval_split": "TFDS split for evaluation.",
+    "data_dir": "TFDS data_dir (e.g. a manually prepared imagenet2012).",
+    "num_classes": "Class count of a TFRecord source (TFDS and folders say it themselves).",
+    "class_names": "tfds:NAME or a file with one class name per line, written into the exported teacher.",
+    "label_offset": "Subtracted from TFRecord labels (1 for the TPU reference's ImageNet records).",
+    "labeled_examples": "Records per epoch of --labeled; counted (one pass) when not given.",
+    "batch_size": "Global LABELED batch; every step also takes pseudo_ratio times as many pseudo images.",
+    "epochs": "Training length in epochs of the labeled data.",
+    "train_steps": "Training length in steps; overrides --epochs.",
+    "warmup_epochs": "Linear learning-rate warm-up.",
+    "base_learning_rate": "Peak learning rate per 256 labeled images (scaled with --batch_size).",
+    "momentum": "SGD momentum.",
+    "weight_decay": "The paper's L2 coefficient (not on BN or biases); see student/recipe.py.",
+    "label_smoothing": "Label smoothing of the labeled loss.",
+    "ema_decay": "Decay of the weight EMA used for eval and export; 0 turns the EMA off.",
+    "randaugment_magnitude": "Override of the model size's RandAugment magnitude (paper scale, 10 or 15).",
+    "randaugment_layers": "Override of the number of RandAugment ops per image (0 turns it off).",
+    "shuffle_buffer": "Records in each stream's shuffle buffer.",
+    "eval_batch_size": "Global eval batch.",
+    "eval_every": "Evaluate the EMA weights every N steps (0: only at the end).",
+    "checkpoint_every": "Checkpoint every N steps.",
+    "keep_checkpoints": "Checkpoints to keep.",
+    "log_every": "Progress line and TensorBoard scalars every N steps.",
+    "steps_per_execution": "Steps per compiled loop call (large on TPU, e.g. 100).",
+    "strategy": "auto, cpu, gpu, tpu, mirrored (all local devices) or multi_worker (TF_CONFIG).",
+    "tpu": "TPU name or grpc:// address (or 'local' on a TPU VM).",
+    "precision": "float32 or bfloat16 (bfloat16 compute, float32 variables).",
+    "jit_compile": "Compile the per-replica step with XLA.",
+    "seed": "Seed of weights, input order and augmentation.",
+    "deterministic": "Enable TF op determinism (bit-reproducible runs and resumption; slower).",
+    "resume_input": "skip: resume the input exactly where it stopped; reseed: a fresh order, no replay.",
+}
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+for _field in dataclasses.fields(TrainConfig):
+    _DEFINE[_field.type](_field.name, None if _field.default is dataclasses.MISSING else _field.default,
+                         _HELP[_field.name])
+
+
+def config_from_flags():
+    return TrainConfig(**{field.name: getattr(FLAGS, field.name) for field in dataclasses.fields(TrainConfig)})
+
+
+def _is_chief(strategy):
+    """Whether this process writes summaries, config and exports (one per multi-worker job)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type or isinstance(strategy, tf.distribute.TPUStrategy):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def _open_inputs(config, strategy):
+    """Opens every source and checks it against the flags, before any training work."""
+    labeled = sources.open_source(config.labeled, split=config.train_split, data_dir=config.data_dir,
+                                  num_classes=config.num_classes, label_offset=config.label_offset)
+    if config.num_classes and config.num_classes != labeled.num_classes:
+        raise ConfigError(f"--num_classes={config.num_classes} but --labeled={config.labeled} has "
+                          f"{labeled.num_classes} classes.")
+    config.num_classes = labeled.num_classes
+    pseudo_source = pseudo.open_pseudo(config.pseudo, labeled.num_classes) if config.pseudo else None
+    eval_source = None
+    if config.eval or config.labeled.startswith("tfds:"):
+        eval_source = sources.open_source(config.eval or config.labeled, split=config.eval_split,
+                                          data_dir=config.data_dir, num_classes=config.num_classes,
+                                          label_offset=config.label_offset, flag="eval")
+        if eval_source.num_classes != config.num_classes:
+            raise ConfigError(f"--eval has {eval_source.num_classes} classes, --labeled {config.num_classes}.")
+    replicas = strategy.num_replicas_in_sync
+    for flag in ("batch_size", "eval_batch_size"):
+        if getattr(config, flag) % replicas:
+            raise ConfigError(f"--{flag}={getattr(config, flag)} is not divisible by the {replicas} replicas "
+                              f"of --strategy={config.strategy}.")
+    if config.labeled_examples is None:
+        config.labeled_examples = labeled.records(0, 1)[1]
+    if config.labeled_examples < config.batch_size:
+        raise ConfigError(f"--batch_size={config.batch_size} is larger than the {config.labeled_examples} "
+                          f"labeled examples of --labeled={config.labeled}.")
+    names = labeled.class_names if not config.class_names else None
+    class_names = names or directory.class_names_from(config.class_names, config.num_classes)
+    return inputs.InputBuilder(config, labeled, pseudo_source, eval_source), class_names
+
+
+def _scalar_metadata():
+    """What TensorBoard's scalar plugin expects; tf.summary.scalar writes the same record.
+
+    tf.summary.scalar lives in the tensorboard package, which TensorFlow 2.21 no longer
+    installs, so scalars are written with TF's own tf.summary.write plus this metadata:
+    the event files are the same and TensorBoard reads them as scalars.
+    """
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    return metadata
+
+
+def _log(writer, step, values):
+    if writer is None:
+        return
+    with writer.as_default(step=step):
+        for name, value in values.items():
+            tf.summary.write(name, tf.constant(value, tf.float32), metadata=_scalar_metadata())
+    writer.flush()
+
+
+def run(config):
+    """Trains per `config` (a TrainConfig); returns {"step", "eval", "model", "teacher"}."""
+    config_lib.validate(config)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = trainer_lib.make_strategy(config.strategy, config.tpu)
+    input_builder, class_names = _open_inputs(config, strategy)
+    chief = _is_chief(strategy)
+    config_lib.check_resumable(config)
+    if chief:
+        config.write()
+
+    trainer = trainer_lib.Trainer(config, strategy, input_builder)
+    start_step = trainer.restore()
+    total = config.total_steps()
+    if start_step:
+        print(f"resumed from step {start_step} of {total} ({trainer.manager.latest_checkpoint})", flush=True)
+    train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) if chief else None
+    eval_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "eval")) if chief else None
+
+    def evaluate(use_ema=True):
+        if input_builder.eval_source is None:
+            return None
+        metrics = trainer.evaluate(strategy.distribute_datasets_from_function(input_builder.eval_dataset), use_ema)
+        _log(eval_writer, trainer.step, {k: v for k, v in metrics.items() if k != "examples"})
+        print(f"eval step {trainer.step}: top-1 {metrics['top_1']:.4f} top-5 {metrics['top_5']:.4f} "
+              f"loss {metrics['loss']:.4f} ({metrics['examples']} images, EMA weights)", flush=True)
+        return metrics
+
+    if start_step < total:
+        iterator = iter(strategy.distribute_datasets_from_function(
+            lambda context: input_builder.train_dataset(context, start_step)))
+        window_steps, window_seconds = 0, 0.0
+        while trainer.step < total:
+            step = trainer.step
+            num_steps = min(config.steps_per_execution, total - step)
+            labeled_loss, pseudo_loss, seconds = trainer.train_block(iterator, num_steps)
+            step += num_steps
+            window_steps, window_seconds = window_steps + num_steps, window_seconds + seconds
+            if step % config.log_every == 0 or step == total:
+                images_per_second = window_steps * trainer.images_per_step / window_seconds
+                values = {"loss/labeled": labeled_loss, "learning_rate": trainer.learning_rate(),
+                          "images_per_second": images_per_second}
+                if config.pseudo:
+                    values["loss/pseudo"] = pseudo_loss
+                _log(train_writer, step, values)
+                remaining = (total - step) * window_seconds / window_steps
+                print(f"step {step}/{total} ({100 * step / total:.1f}%) labeled loss {labeled_loss:.4f}"
+                      + (f" pseudo loss {pseudo_loss:.4f}" if config.pseudo else "")
+                      + f" lr {values['learning_rate']:.5f} {images_per_second:.1f} images/s"
+                      f" eta {remaining / 60:.1f} min", flush=True)
+                window_steps, window_seconds = 0, 0.0
+            if step % config.checkpoint_every == 0 or step == total:
+                trainer.save()
+            if config.eval_every and step % config.eval_every == 0 and step < total:
+                evaluate()
+
+    final_model = trainer.final_model()  # the training model now holds the EMA weights too
+    result = {"step": trainer.step, "eval": evaluate(use_ema=False), "model": None, "teacher": None}
+    if chief:
+        result["model"] = os.path.join(config.model_dir, directory.TRAINED_KERAS_FILE)
+        final_model.save(result["model"])
+        result["teacher"] = os.path.join(config.model_dir, "teacher")
+        teacher.export(final_model, config.model, result["teacher"], class_names=class_names,
+                       source=f"training-run:{config.model_dir}", overwrite=True)
+        with tf.io.gfile.GFile(os.path.join(config.model_dir, RESULTS_FILE), "w") as f:
+            f.write(json.dumps({"step": result["step"], "eval": result["eval"]}, indent=2) + "\n")
+    return result
+
+
+def _main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    result = run(config_from_flags())
+    print(json.dumps({"step": result["step"], "eval": result["eval"], "teacher": result["teacher"]}))
+
+
+def main():
+    try:
+        app.run(_main)
+    except ConfigError as error:
+        sys.exit(f"student.train: {error}")
+
+
+if __name__ == "__main__":
+    main()

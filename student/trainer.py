@@ -1,0 +1,168 @@
+"""The distributed training loop: model, optimizer, compiled steps, checkpoints, eval, export.
+
+One `Trainer` per run. Its step is written once for every strategy: the per-replica
+forward/backward pass is an XLA-compiled function (`jit_compile`), the optimizer update
+(gradient all-reduce, EMA) runs after it under the strategy, and `steps_per_execution`
+steps run inside one `tf.function` loop so a TPU host dispatches rarely.
+"""
+
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import models
+from student import recipe
+from teacher import devices
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def make_strategy(kind, tpu=None):
+    """cpu/gpu/tpu/auto as teacher.devices; plus `mirrored` and `multi_worker`.
+
+    mirrored: MirroredStrategy over every local GPU, or every logical CPU device when
+    there is no GPU (how the tests run two replicas on one CPU). multi_worker:
+    MultiWorkerMirroredStrategy configured by the TF_CONFIG environment variable.
+    """
+    if kind == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        names = [device.name for device in (gpus or tf.config.list_logical_devices("CPU"))]
+        # NCCL (the default all-reduce) needs GPUs; CPU replicas reduce on one device.
+        return tf.distribute.MirroredStrategy(names, cross_device_ops=None if gpus else
+                                              tf.distribute.ReductionToOneDevice())
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return devices.make_strategy(kind, tpu)
+
+
+class Trainer:
+    def __init__(self, config, strategy, input_builder):
+        self.config = config
+        self.strategy = strategy
+        self.inputs = input_builder
+        self.has_pseudo = input_builder.pseudo_source is not None
+        self.images_per_step = config.batch_size + config.pseudo_batch_size
+        # Seeds the model's initial weights and the Keras seed generators of its dropout layers.
+        keras.utils.set_random_seed(config.seed)
+        with strategy.scope():
+            self.model = models.create(config.model, config.num_classes, dtype_policy=
+                                       "mixed_bfloat16" if config.precision == "bfloat16" else None)
+            self.optimizer = recipe.make_optimizer(config)
+            self.optimizer.build(self.model.trainable_variables)
+        # Dropout/stochastic-depth randomness lives in Keras SeedGenerator variables, which a
+        # checkpoint of the model alone does not track; saving them makes resumption exact.
+        seed_states = [v for v in self.model.variables if "seed_generator_state" in v.path]
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, seed_states=seed_states)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(config.model_dir, CHECKPOINT_DIR),
+                                                  max_to_keep=config.keep_checkpoints)
+        self.compute_gradients = tf.function(self._gradients, jit_compile=config.jit_compile)
+        self.forward_eval = tf.function(lambda images: self.model(images, training=False),
+                                        jit_compile=config.jit_compile)
+        self._train_block = tf.function(self._train_block_fn)
+        self._eval_pass = tf.function(self._eval_pass_fn)
+
+    @property
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+    def restore(self):
+        """Restores the latest checkpoint, if any; returns the step training continues from."""
+        self.manager.restore_or_initialize()
+        return self.step
+
+    def save(self):
+        return self.manager.save(checkpoint_number=self.step)
+
+    def _gradients(self, batch):
+        """Per-replica losses and gradients of one mixed batch (labeled first, then pseudo)."""
+        labeled_count = self.config.batch_size // self.strategy.num_replicas_in_sync
+        images = batch["labeled_images"]
+        if self.has_pseudo:
+            # One forward pass over the whole mixed batch, as Noisy Student: BatchNorm
+            # statistics are those of the mix, not of either part.
+            images = tf.concat([images, batch["pseudo_images"]], axis=0)
+        with tf.GradientTape() as tape:
+            logits = self.model(images, training=True)
+            labeled_loss = recipe.labeled_loss(batch["labels"], logits[:labeled_count], self.config.num_classes,
+                                               self.config.label_smoothing, self.config.batch_size)
+            pseudo_loss = tf.constant(0.0)
+            if self.has_pseudo:
+                pseudo_loss = recipe.pseudo_loss(batch["pseudo_targets"], logits[labeled_count:],
+                                                 self.config.pseudo_batch_size)
+            loss = labeled_loss + self.config.pseudo_loss_weight * pseudo_loss
+        gradients = tape.gradient(loss, self.model.trainable_variables)
+        return gradients, labeled_loss, pseudo_loss
+
+    def _replica_step(self, batch):
+        gradients, labeled_loss, pseudo_loss = self.compute_gradients(batch)
+        # Under a strategy, Keras all-reduces (sums) the per-replica gradients here; the
+        # losses were divided by the global batch, so the sum is the global mean.
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        return labeled_loss, pseudo_loss
+
+    def _train_block_fn(self, iterator, num_steps):
+        labeled_total, pseudo_total = tf.constant(0.0), tf.constant(0.0)
+        for _ in tf.range(num_steps):
+            labeled_loss, pseudo_loss = self.strategy.run(self._replica_step, args=(next(iterator),))
+            labeled_total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, labeled_loss, axis=None)
+            pseudo_total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, pseudo_loss, axis=None)
+        count = tf.cast(num_steps, tf.float32)
+        return labeled_total / count, pseudo_total / count
+
+    def train_block(self, iterator, num_steps):
+        """Runs `num_steps` steps; returns (mean labeled loss, mean pseudo loss, seconds)."""
+        start = time.perf_counter()
+        labeled_loss, pseudo_loss = self._train_block(iterator, tf.constant(num_steps, tf.int32))
+        labeled_loss, pseudo_loss = float(labeled_loss), float(pseudo_loss)  # waits for the devices
+        return labeled_loss, pseudo_loss, time.perf_counter() - start
+
+    def learning_rate(self):
+        return float(self.optimizer.learning_rate)
+
+    def _eval_replica(self, batch):
+        logits = tf.cast(self.forward_eval(batch["images"]), tf.float32)
+        labels, mask = batch["labels"], batch["mask"]
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        top_5 = min(5, self.config.num_classes)
+        correct_1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
+        correct_5 = tf.cast(tf.math.in_top_k(labels, logits, top_5), tf.float32)
+        return tf.stack([tf.reduce_sum(cross_entropy * mask), tf.reduce_sum(correct_1 * mask),
+                         tf.reduce_sum(correct_5 * mask), tf.reduce_sum(mask)])
+
+    def _eval_pass_fn(self, dataset):
+        totals = tf.zeros([4])
+        for batch in dataset:
+            totals += self.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                           self.strategy.run(self._eval_replica, args=(batch,)), axis=None)
+        return totals
+
+    def evaluate(self, dataset, use_ema=True):
+        """top-1, top-5 and loss of the EMA weights (in inference mode) on a distributed eval dataset.
+
+        The EMA values are swapped into the model for the pass and the training values put
+        back after it; Keras' finalize_variable_values is the public way to read the EMA.
+        """
+        swap = use_ema and self.optimizer.use_ema
+        backup = [variable.numpy() for variable in self.model.trainable_variables] if swap else None
+        if swap:
+            self.optimizer.finalize_variable_values(self.model.trainable_variables)
+        try:
+            loss, correct_1, correct_5, count = (float(value) for value in self._eval_pass(dataset))
+        finally:
+            if swap:
+                for variable, value in zip(self.model.trainable_variables, backup):
+                    variable.assign(value)
+        count = max(count, 1.0)
+        return {"top_1": correct_1 / count, "top_5": correct_5 / count, "loss": loss / count,
+                "examples": int(count)}
+
+    def final_model(self):
+        """A float32 Keras model holding the EMA weights, built outside the strategy for saving."""
+        if self.optimizer.use_ema:
+            self.optimizer.finalize_variable_values(self.model.trainable_variables)
+        model = models.create(self.config.model, self.config.num_classes)
+        model.set_weights([np.asarray(value) for value in self.model.get_weights()])
+        return model
