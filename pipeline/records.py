@@ -69,7 +69,8 @@ def to_example(labeled, copy_index):
     }
     if labeled.distribution is not None:
         features["label/distribution"] = _floats([float(p) for p in labeled.distribution])
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    # deterministic=True: map fields in a fixed order, so reruns write identical bytes.
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
 
 def parse_example(serialized):

@@ -164,7 +164,11 @@ def tfds_ranges(name, split, data_dir, num_ranges):
     """Splits a TFDS split into `num_ranges` contiguous [start, end) index ranges."""
     import tensorflow_datasets as tfds  # deferred: only this source needs TFDS
 
-    total = tfds.builder(name, data_dir=data_dir).info.splits[split].num_examples
+    try:
+        total = tfds.builder(name, data_dir=data_dir).info.splits[split].num_examples
+    except KeyError:
+        # Split sizes unknown (no prepared metadata, e.g. TFDS mock data): one range, read whole.
+        return [(0, None)]
     bounds = [round(i * total / num_ranges) for i in range(num_ranges + 1)]
     return [(start, end) for start, end in zip(bounds, bounds[1:]) if end > start]
 
@@ -180,7 +184,8 @@ class _ReadTfdsRange(beam.DoFn):
 
         start, end = index_range
         builder = tfds.builder(self._name, data_dir=self._data_dir)
-        dataset = builder.as_dataset(split=f"{self._split}[{start}:{end}]", shuffle_files=False,
+        split = self._split if end is None else f"{self._split}[{start}:{end}]"
+        dataset = builder.as_dataset(split=split, shuffle_files=False,
                                      decoders={self._image_feature: tfds.decode.SkipDecoding()})
         for offset, example in enumerate(dataset.as_numpy_iterator()):
             yield Candidate(f"tfds:{self._name}/{self._split}/{start + offset}", example[self._image_feature])

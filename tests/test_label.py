@@ -1,0 +1,184 @@
+"""pipeline.label end to end on DirectRunner: real photos, bad files, accounting, reruns."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import commit, label, records
+from pipeline.options import UsageError
+
+
+def _label(teacher, source, output, *flags):
+    return label.run([f"--teacher={teacher}", f"--input={source}", f"--output={output}", "--num_shards=3",
+                      "--max_batch_size=8", *flags])
+
+
+def _read_run(output):
+    manifest = json.loads((output / "manifest.json").read_text())
+    written = [records.parse_example(payload) for name in manifest["files"]["train"]
+               for payload in records.read_tfrecords(str(output / name))]
+    rejected = [json.loads(line) for name in manifest["files"]["rejected"]
+                for line in (output / name).read_text().splitlines()]
+    return manifest, written, rejected
+
+
+def _shard_bytes(output):
+    return {path.name: path.read_bytes() for path in sorted(output.glob("train-*"))}
+
+
+@pytest.fixture(scope="module")
+def photo_run(photo_folder, tiny_teacher, tmp_path_factory):
+    folder, good, bad = photo_folder
+    output = tmp_path_factory.mktemp("labels") / "run"
+    _label(tiny_teacher, f"{folder}/*", output, "--min_confidence=0.3", "--per_class=12", "--full_distribution")
+    return output
+
+
+def test_every_input_is_accounted_for(photo_run, photo_folder):
+    folder, good, bad = photo_folder
+    manifest, written, rejected = _read_run(photo_run)
+    counts = manifest["counts"]
+    assert counts["read"] == len(good) + len(bad)
+    assert counts["rejected"] == len(bad) and counts["labeled"] == len(good)
+    assert counts["labeled"] == counts["below_threshold"] + counts["over_cap"] + counts["kept"]
+    assert counts["written"] == counts["kept"] + counts["duplicates"] == len(written)
+    assert {r["uri"].rsplit("/", 1)[1]: r["reason"].split(":")[0] for r in rejected} == bad
+    assert all(r["reason"] and r["stage"] in ("read", "decode") for r in rejected)
+    assert sum(manifest["rejected_by_reason"].values()) == len(bad)
+    assert not list(photo_run.glob("_staging-*")), "the staging directory is removed at commit"
+
+
+def test_records_follow_the_contract(photo_run, photo_folder, tiny_teacher):
+    folder, _, _ = photo_folder
+    manifest, written, _ = _read_run(photo_run)
+    assert manifest["schema_version"] == 1 and manifest["teacher"]["num_classes"] == 4
+    assert manifest["teacher"]["teacher_id"] == json.loads(open(f"{tiny_teacher}/teacher.json").read())["teacher_id"]
+    assert written, "the tiny teacher should keep some photos"
+    for record in written:
+        source = folder / record["image/source_uri"].rsplit("/", 1)[1]
+        assert record["image/key"] == hashlib.sha256(source.read_bytes()).hexdigest()
+        probabilities = record["label/top_k_probabilities"]
+        assert len(probabilities) == 4 and np.all(np.diff(probabilities) <= 0)
+        assert record["label/confidence"] == pytest.approx(probabilities[0]) and record["label/confidence"] >= 0.3
+        assert record["label/distribution"].sum() == pytest.approx(1.0, abs=1e-5)
+        assert record["label/entropy"] == pytest.approx(
+            -np.sum(record["label/distribution"] * np.log(record["label/distribution"])), abs=1e-4)
+        assert tf.io.decode_image(record["image/encoded"], channels=3).shape[-1] == 3
+    per_class = {}
+    for record in written:
+        per_class[int(record["label/top_k_indices"][0])] = per_class.get(int(record["label/top_k_indices"][0]), 0) + 1
+    assert all(count == 12 for count in per_class.values()), per_class  # capped, and filled by duplication
+
+
+def test_stats_match_the_records(photo_run):
+    manifest, written, _ = _read_run(photo_run)
+    stats = json.loads((photo_run / "stats.json").read_text())
+    assert stats["class_names"][2] == "<script>alert(1)</script>"
+    assert sum(stats["confidence_histogram"]["counts"]) == manifest["counts"]["labeled"]
+    assert sum(stats["entropy_histogram"]["counts"]) == manifest["counts"]["labeled"]
+    assert len(stats["confidence_histogram"]["edges"]) == 101
+    for row in stats["per_class"]:
+        assert row["written"] == row["kept"] + row["duplicates"]
+        assert row["labeled"] == row["above_threshold"] + (row["labeled"] - row["above_threshold"])
+        if row["labeled"]:
+            assert len(row["confidence_quantiles"]) == 11 and row["mean_confidence"] is not None
+            examples = stats["examples"][str(row["class"])]
+            assert 1 <= len(examples["most_confident"]) <= 4 and examples["most_confident"][0]["thumbnail"]
+    assert sum(row["written"] for row in stats["per_class"]) == len(written)
+    assert sum(row["labeled"] for row in stats["per_class"]) == manifest["counts"]["labeled"]
+
+
+def test_rerun_refuses_then_replaces_with_identical_shards(photo_run, photo_folder, tiny_teacher):
+    folder, _, _ = photo_folder
+    before = _shard_bytes(photo_run)
+    with pytest.raises(UsageError, match="already holds a labeling run; pass --overwrite"):
+        _label(tiny_teacher, f"{folder}/*", photo_run, "--min_confidence=0.3", "--per_class=12",
+               "--full_distribution")
+    _label(tiny_teacher, f"{folder}/*", photo_run, "--min_confidence=0.3", "--per_class=12", "--full_distribution",
+           "--overwrite")
+    assert _shard_bytes(photo_run) == before
+
+
+def test_two_worker_processes_write_the_same_records_as_one(photo_run, photo_folder, tiny_teacher, tmp_path):
+    folder, _, _ = photo_folder
+    _label(tiny_teacher, f"{folder}/*", tmp_path / "two", "--min_confidence=0.3", "--per_class=12",
+           "--full_distribution", "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    assert _shard_bytes(tmp_path / "two") == _shard_bytes(photo_run)
+
+
+def test_list_file_and_tfrecord_sources(photo_folder, tiny_teacher, tmp_path):
+    folder, good, _ = photo_folder
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"# two photos, one twice, one missing\n{folder / good[0]}\n{folder / good[1]}\n"
+                       f"{folder / good[0]}\n\n{folder / 'missing.jpg'}\n")
+    _label(tiny_teacher, listing, tmp_path / "listed", "--min_confidence=0")
+    manifest, written, rejected = _read_run(tmp_path / "listed")
+    assert manifest["counts"]["read"] == 4 and manifest["counts"]["labeled"] == 2
+    assert sorted(r["reason"].split(":")[0] for r in rejected) == ["duplicate_uri", "unreadable"]
+
+    shard = tmp_path / "images.tfrecord"
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for name in good[:3]:
+            feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[(folder / name).read_bytes()]))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+        writer.write(tf.train.Example().SerializeToString())  # no image in it
+    _label(tiny_teacher, shard, tmp_path / "from_records", "--min_confidence=0")
+    manifest, written, rejected = _read_run(tmp_path / "from_records")
+    assert manifest["counts"] == {**manifest["counts"], "read": 4, "labeled": 3, "rejected": 1}
+    assert rejected[0]["uri"].endswith("images.tfrecord#3") and rejected[0]["reason"].startswith("no_image_feature")
+    assert sorted(r["image/source_uri"] for r in written) == [f"{shard}#{i}" for i in range(3)]
+
+
+def test_tfds_source_with_mock_data(tiny_teacher, tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=6):
+        _label(tiny_teacher, "tfds:imagenet2012/validation", tmp_path / "tfds", "--min_confidence=0",
+               "--tfds_ranges=2")
+    manifest, written, _ = _read_run(tmp_path / "tfds")
+    assert manifest["counts"]["read"] == manifest["counts"]["labeled"] == len(written) == 6
+    assert sorted(r["image/source_uri"] for r in written) == [f"tfds:imagenet2012/validation/{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--top_k=9"], "--top_k=9 must be between 1 and the teacher's 4 classes"),
+    (["--min_confidence=1.5"], "--min_confidence=1.5 must be in"),
+    (["--balance=duplicate"], "--balance=duplicate needs --per_class"),
+    (["--min_batch_size=64", "--max_batch_size=8"], "--min_batch_size=64 must be"),
+    (["--no_such_flag=1"], "Unknown flag(s) ['--no_such_flag=1']"),
+    (["--balance=sometimes"], "--balance"),
+    (["--tpu=local", "--teacher_strategy=cpu"], "--tpu=local contradicts"),
+])
+def test_wrong_flags_stop_the_job_before_any_work(photo_folder, tiny_teacher, tmp_path, flags, message):
+    folder, _, _ = photo_folder
+    with pytest.raises(UsageError) as error:
+        label.run([f"--teacher={tiny_teacher}", f"--input={folder}/*", f"--output={tmp_path / 'out'}", *flags])
+    assert message in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_input_or_teacher_is_named(photo_folder, tiny_teacher, tmp_path):
+    folder, _, _ = photo_folder
+    with pytest.raises(UsageError, match="--input=.*nothing/\\* matches no file"):
+        label.run([f"--teacher={tiny_teacher}", f"--input={tmp_path}/nothing/*", f"--output={tmp_path}/o"])
+    with pytest.raises(UsageError, match="--teacher=.* is not a teacher directory"):
+        label.run([f"--teacher={tmp_path}", f"--input={folder}/*", f"--output={tmp_path}/o"])
+    result = subprocess.run([sys.executable, "-m", "pipeline.label", f"--teacher={tiny_teacher}",
+                             f"--input={folder}/*"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "pipeline.label: --output is required." in result.stderr
+
+
+def test_accounting_that_does_not_close_fails_loudly():
+    counts = {"read": 10, "rejected": 2, "labeled": 8, "below_threshold": 1, "over_cap": 2, "kept": 5,
+              "duplicates": 3, "written": 8}
+    commit.check_accounting(counts, rejected_written=2)
+    with pytest.raises(commit.AccountingError, match="read 11 != rejected 2 \\+ labeled 8"):
+        commit.check_accounting({**counts, "read": 11}, rejected_written=2)
+    with pytest.raises(commit.AccountingError, match="records written 7 != kept 5 \\+ duplicates 3"):
+        commit.check_accounting({**counts, "written": 7}, rejected_written=2)
