@@ -17,27 +17,34 @@ with a Beam job over the records (DirectRunner unless Beam flags say otherwise).
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from pipeline import report_html, report_summary
 from pipeline.report_summary import ReportError
 
 FORMATS = ("html", "text", "json")
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("labels", None, "The labeling job's OUT_DIR (local path or gs://).")
-flags.DEFINE_string("output", None, "Where to write the HTML report (local path or gs://).")
-flags.DEFINE_enum("format", "html", FORMATS, "html: write --output and print the summary table; "
-                  "text: print the table; json: print the summary as JSON (both also write --output if given).")
-flags.DEFINE_string("holdout", None, "Labeled images the teacher did not train on: a folder with one "
-                    "subfolder per class (named as the teacher's classes), or tfds:NAME/SPLIT.")
-flags.DEFINE_integer("holdout_limit", None, "Evaluate at most this many holdout images.")
-flags.DEFINE_string("teacher", None, "Teacher directory; overrides the path recorded in manifest.json.")
-flags.DEFINE_bool("recompute", False, "Compute stats.json from the train-*.tfrecord records with a Beam job "
-                  "(for runs without one); Beam pipeline flags pass through.")
-flags.DEFINE_integer("num_classes", None, "Classes, for --recompute when neither a manifest nor --teacher says.")
-flags.DEFINE_integer("chart_classes", 40, "Classes shown in the per-class chart (the table has all).")
-flags.DEFINE_integer("thumbnail_classes", 24, "Classes whose example thumbnails the report shows.")
+
+def define_flags():
+    """The report's flags, on a private FlagValues: importing this module defines no global flags
+    (teacher.export's --output and --num_classes would clash), and tests can run it many times."""
+    values = flags.FlagValues()
+    f = dict(flag_values=values)
+    flags.DEFINE_string("labels", None, "The labeling job's OUT_DIR (local path or gs://).", **f)
+    flags.DEFINE_string("output", None, "Where to write the HTML report (local path or gs://).", **f)
+    flags.DEFINE_enum("format", "html", FORMATS, "html: write --output and print the summary table; text: print "
+                      "the table; json: print the summary as JSON (both also write --output if given).", **f)
+    flags.DEFINE_string("holdout", None, "Labeled images the teacher did not train on: a folder with one "
+                        "subfolder per class (named as the teacher's classes), or tfds:NAME/SPLIT.", **f)
+    flags.DEFINE_integer("holdout_limit", None, "Evaluate at most this many holdout images.", **f)
+    flags.DEFINE_string("teacher", None, "Teacher directory; overrides the path recorded in manifest.json.", **f)
+    flags.DEFINE_bool("recompute", False, "Compute stats.json from the train-*.tfrecord records with a Beam job "
+                      "(for runs without one); Beam pipeline flags pass through.", **f)
+    flags.DEFINE_integer("num_classes", None, "Classes, for --recompute when neither a manifest nor --teacher "
+                         "says.", **f)
+    flags.DEFINE_integer("chart_classes", 40, "Classes shown in the per-class chart (the table has all).", **f)
+    flags.DEFINE_integer("thumbnail_classes", 24, "Classes whose example thumbnails the report shows.", **f)
+    return values
 
 
 def build_report(labels, output=None, output_format="html", holdout=None, holdout_limit=None, teacher_path=None,
@@ -82,22 +89,29 @@ def build_report(labels, output=None, output_format="html", holdout=None, holdou
 
 
 def run(argv):
-    """Entry point body: `argv` is what absl left after parsing (the program name, then Beam flags)."""
-    if not FLAGS.labels:
-        raise app.UsageError("--labels=OUT_DIR is required.")
-    beam_args = argv[1:]
-    if beam_args and not FLAGS.recompute:
-        raise app.UsageError(f"unknown flags {beam_args}: Beam flags only apply with --recompute.")
-    _, text = build_report(FLAGS.labels, FLAGS.output, FLAGS.format, FLAGS.holdout, FLAGS.holdout_limit,
-                           FLAGS.teacher, FLAGS.recompute, FLAGS.num_classes, beam_args, FLAGS.chart_classes,
-                           FLAGS.thumbnail_classes)
+    """`argv` without the program name -> prints the summary (text or JSON); returns the summary dict."""
+    values = define_flags()
+    if "--help" in argv or "-h" in argv:
+        sys.stdout.write(__doc__ + "\n" + values.get_help() + "\n")
+        return None
+    try:
+        beam_args = values(["report", *argv], known_only=True)[1:]
+    except flags.Error as error:
+        raise ReportError(str(error)) from error
+    if not values.labels:
+        raise ReportError("--labels=OUT_DIR is required.")
+    if beam_args and not values.recompute:
+        raise ReportError(f"unknown flag(s) {beam_args}: Beam pipeline flags only apply with --recompute.")
+    summary, text = build_report(values.labels, values.output, values.format, values.holdout, values.holdout_limit,
+                                 values.teacher, values.recompute, values.num_classes, beam_args,
+                                 values.chart_classes, values.thumbnail_classes)
     sys.stdout.write(text)
+    return summary
 
 
 def main():
     try:
-        # known_only: flags this module does not define (Beam's) are left for PipelineOptions.
-        app.run(run, flags_parser=lambda argv: FLAGS(argv, known_only=True))
+        run(sys.argv[1:])
     except ReportError as error:
         sys.exit(f"pipeline.report: {error}")
 

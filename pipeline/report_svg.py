@@ -58,7 +58,10 @@ class _Axes:
         low, high = self.y_range
         return self.height - BOTTOM - (value - low) / ((high - low) or 1) * (self.height - TOP - BOTTOM)
 
-    def draw(self, x_ticks=5, y_ticks=4):
+    def draw(self, x_ticks=5, integer_y=False):
+        # Image counts get whole-number ticks: 5 images over 4 ticks would read "1.25 images".
+        top = self.y_range[1] - self.y_range[0]
+        y_ticks = next(count for count in (5, 4, 2, 1) if not integer_y or float(top / count).is_integer())
         parts = []
         for step in range(y_ticks + 1):
             value = self.y_range[0] + (self.y_range[1] - self.y_range[0]) * step / y_ticks
@@ -87,7 +90,7 @@ def histogram(histogram_data, title, x_label, marker=None, marker_label=""):
     """Bars of `histogram_data` ({"edges", "counts"}); an optional dashed line at x = `marker`."""
     edges, counts = histogram_data["edges"], histogram_data["counts"]
     axes = _Axes((edges[0], edges[-1]), (0, _nice_maximum(max(counts, default=0))), x_label, "images")
-    body = axes.draw()
+    body = axes.draw(integer_y=True)
     for lower, upper, count in zip(edges, edges[1:], counts):
         if not count:
             continue
@@ -107,7 +110,7 @@ def line_chart(series, title, x_label, y_label, x_range=(0.0, 1.0), y_range=None
         top = max((y for line in series for _, y in line["points"] if y is not None), default=0)
         y_range = (0, _nice_maximum(top))
     axes = _Axes(x_range, y_range, x_label, y_label)
-    body = axes.draw()
+    body = axes.draw(integer_y=y_label == "images")
     if diagonal:
         body.append(f'<line x1="{axes.x(0):.1f}" y1="{axes.y(0):.1f}" x2="{axes.x(1):.1f}" y2="{axes.y(1):.1f}" '
                     f'stroke="{GREY}" stroke-dasharray="3 3"/>')
@@ -153,7 +156,7 @@ def reliability_diagram(bins, title="Reliability diagram"):
 
 def class_chart(rows, title="Per-class counts and confidence"):
     """One line per class: labeled / kept / duplicate bars, and mean confidence with its 10-90% range."""
-    row_height, label_width, counts_width, gap, confidence_width = 16, 190, 420, 32, 300
+    row_height, label_width, counts_width, gap, confidence_width = 20, 230, 420, 32, 300
     width = label_width + counts_width + gap + confidence_width + RIGHT
     height = TOP + row_height * len(rows) + 34
     largest = max([max(row.get("labeled") or 0, row.get("written") or 0) for row in rows] + [1])
@@ -167,8 +170,8 @@ def class_chart(rows, title="Per-class counts and confidence"):
         label = f"{row['class']}: {row['name']}"
         labeled, kept, written = row.get("labeled") or 0, row.get("kept") or 0, row.get("written") or 0
         parts = [f"<title>{html.escape(label)}: labeled {labeled:,}, kept {kept:,}, written {written:,}</title>",
-                 _text(label_width - 6, y + 11, label if len(label) <= 30 else label[:29] + "\u2026",
-                       anchor="end", size=10)]
+                 _text(label_width - 6, y + 14, label if len(label) <= 32 else label[:31] + "\u2026",
+                       anchor="end", size=12)]
         for start, end, color in [(0, labeled, GREY), (0, kept, BLUE), (kept, max(written, kept), ORANGE)]:
             if end > start:
                 parts.append(f'<rect x="{count_x(start):.1f}" y="{y + 3}" width="{count_x(end) - count_x(start):.1f}" '
