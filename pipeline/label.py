@@ -13,7 +13,8 @@ Stages, as named in the Dataflow UI: ReadImages -> [Deduplicate] -> Decode -> La
 import sys
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TestOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, TestOptions
 
 from pipeline import commit, decode, inference, options, records, selection, sources, stats, write
 from pipeline.options import UsageError
@@ -30,7 +31,7 @@ def _teacher_metadata(path):
 def build(pipeline, settings, meta):
     """Adds the whole job to `pipeline`; returns the PCollection holding the manifest."""
     s = settings
-    staging = beam.io.filesystems.FileSystems.join(s.output, commit.STAGING_PREFIX + s.run_id())
+    staging = FileSystems.join(s.output, commit.STAGING_PREFIX + s.run_id())
     candidates, read_rejections = pipeline | "ReadImages" >> sources.ReadImages(
         s.input, s.input_format, s.image_feature, s.data_dir, s.tfds_ranges)
     rejection_sets = [read_rejections]
@@ -79,10 +80,18 @@ def run(argv=None, test_pipeline=None):
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     settings, beam_args = options.parse(argv)
+    pipeline_options = PipelineOptions(beam_args)
+    standard = pipeline_options.view_as(StandardOptions)
+    if standard.runner in (None, "DirectRunner"):
+        # Beam's DirectRunner first tries to download the Prism runner binary from GitHub and
+        # falls back to the in-process FnApiRunner when it cannot. This job never downloads at
+        # run time, so local runs go straight to FnApiRunner (which honours
+        # --direct_num_workers and --direct_running_mode=multi_processing).
+        standard.runner = "FnApiRunner"
+    FileSystems.set_options(pipeline_options)  # the checks below read gs:// with the job's credentials
     meta = _teacher_metadata(settings.teacher)
     settings = options.resolve(settings, meta.num_classes)
     options.validate(settings, meta.num_classes)
-    pipeline_options = PipelineOptions(beam_args)
     # Everything the workers run lives in installed packages (--setup_file ships them), so
     # the main session need not be pickled.
     pipeline_options.view_as(SetupOptions).save_main_session = False

@@ -1,0 +1,34 @@
+"""The full labeling job builds for Dataflow (DataflowRunner --dry_run=True: built, not submitted)."""
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pipeline import PipelineVisitor
+
+from pipeline import label
+
+
+def test_full_job_builds_with_dataflow_runner(photo_folder, tiny_teacher, tmp_path, monkeypatch):
+    folder, _, _ = photo_folder
+    # The dry run stages nothing, but Beam still resolves credentials; none exist here.
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "example-project")
+    flags = ["--runner=DataflowRunner", "--dry_run=True", "--project=example-project", "--region=us-central1",
+             "--temp_location=gs://example-bucket/tmp", "--no_auth", "--machine_type=n1-standard-8",
+             "--experiments=use_runner_v2",
+             "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
+    job = beam.Pipeline(options=PipelineOptions(flags))
+    label.run([f"--teacher={tiny_teacher}", f"--input={folder}/*", f"--output={tmp_path / 'labels'}",
+               "--per_class=100", "--dedup", *flags], test_pipeline=job)
+    names = set()
+
+    class CollectLabels(PipelineVisitor):
+        def enter_composite_transform(self, node):
+            names.add(node.full_label.split("/")[0])
+
+        def visit_transform(self, node):
+            names.add(node.full_label.split("/")[0])
+
+    job.visit(CollectLabels())
+    for stage in ("ReadImages", "Deduplicate", "Decode", "Label", "Select", "WriteRecords", "WriteRejected",
+                  "Facts", "Commit"):
+        assert stage in names, sorted(names)
+    assert not (tmp_path / "labels").exists(), "a dry run must not write anything"
