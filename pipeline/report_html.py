@@ -35,6 +35,8 @@ th[aria-sort="descending"]::after { content: " \\25BC"; } tr.current td { backgr
 figure { display: inline-block; margin: 2px; text-align: center; font-size: 11px; color: #555; }
 figure img { display: block; width: 64px; height: 64px; object-fit: contain; background: #f3f3f3; }
 code { word-break: break-all; }
+.settings { display: flex; flex-wrap: wrap; gap: 6px 8px; }
+.settings span { background: #f6f7f9; border-radius: 4px; padding: 2px 8px; font-size: 13px; }
 """
 
 SORT_SCRIPT = """
@@ -140,10 +142,10 @@ def _summary_section(summary):
     parts.append("</tbody></table></div><div><h3>Teacher</h3><table><tbody>")
     for key, value in sorted(summary["teacher"].items()):
         parts.append(f'<tr><td class="text">{_escape(key)}</td><td class="text"><code>{_escape(value)}</code></td></tr>')
-    parts.append("</tbody></table><h3>Settings</h3><table><tbody>")
-    for key, value in sorted(summary["settings"].items()):
-        parts.append(f'<tr><td class="text">{_escape(key)}</td><td class="text"><code>{_escape(value)}</code></td></tr>')
-    parts.append("</tbody></table></div></div>")
+    parts.append("</tbody></table></div></div><h3>Settings</h3><div class=\"settings\">")
+    parts += [f"<span>{_escape(key)} <code>{_escape(value)}</code></span>" for key, value in
+              sorted(summary["settings"].items())]
+    parts.append("</div>")
     return "".join(parts)
 
 
@@ -182,12 +184,15 @@ def _holdout_section(holdout):
              (f"top-{holdout['top_k']} accuracy", _number(holdout["top_k_accuracy"], percent=True)),
              (f"ECE ({len(holdout['reliability'])} bins)", _number(holdout["expected_calibration_error"]))]
     sweep = holdout["sweep"]
+    # Zoom to the band the curves use: accuracy differences of a few points decide the threshold.
+    lowest = min([row[key] for row in sweep for key in ("accuracy", "kept_fraction") if row[key] is not None] + [1.0])
     chart = report_svg.line_chart(
         [{"name": "accuracy of kept", "color": report_svg.BLUE,
           "points": [(row["min_confidence"], row["accuracy"]) for row in sweep]},
          {"name": "kept fraction", "color": report_svg.ORANGE,
           "points": [(row["min_confidence"], row["kept_fraction"]) for row in sweep]}],
-        "Holdout accuracy versus kept fraction", "min_confidence", "fraction", y_range=(0.0, 1.0),
+        "Holdout accuracy versus kept fraction", "min_confidence", "fraction",
+        y_range=(min(max(int(lowest * 10) / 10, 0.0), 0.9), 1.0),
         marker=holdout.get("current_min_confidence"), marker_label="current")
     rows = []
     for row in sweep:

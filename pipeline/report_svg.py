@@ -10,11 +10,11 @@ import math
 
 BLUE, ORANGE, GREY, RED, INK = "#3467b0", "#e0892c", "#c9d1dc", "#c23b3b", "#333"
 WIDTH, HEIGHT = 640, 260
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 28, 42
+LEFT, RIGHT, TOP, BOTTOM = 56, 16, 40, 42
 
 
-def _text(x, y, content, anchor="middle", size=11, extra=""):
-    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" fill="{INK}"{extra}>'
+def _text(x, y, content, anchor="middle", size=11, extra="", color=INK):
+    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" fill="{color}"{extra}>'
             f"{html.escape(str(content))}</text>")
 
 
@@ -45,10 +45,11 @@ def _tick_label(value):
 class _Axes:
     """Maps data coordinates to a plot area and draws its axes, ticks and labels."""
 
-    def __init__(self, x_range, y_range, x_label, y_label, width=WIDTH, height=HEIGHT):
-        self.x_range, self.y_range = x_range, y_range
+    def __init__(self, x_range, y_range, x_label, y_label, width=WIDTH, height=HEIGHT, log_y=False):
+        self.x_range, self.y_range = x_range, y_range  # with log_y, y_range is in decades (log10)
         self.width, self.height = width, height
         self.x_label, self.y_label = x_label, y_label
+        self.log_y = log_y
 
     def x(self, value):
         low, high = self.x_range
@@ -56,15 +57,20 @@ class _Axes:
 
     def y(self, value):
         low, high = self.y_range
+        if self.log_y:
+            value = math.log10(value) if value > 0 else low
         return self.height - BOTTOM - (value - low) / ((high - low) or 1) * (self.height - TOP - BOTTOM)
 
     def draw(self, x_ticks=5, integer_y=False):
         # Image counts get whole-number ticks: 5 images over 4 ticks would read "1.25 images".
         top = self.y_range[1] - self.y_range[0]
-        y_ticks = next(count for count in (5, 4, 2, 1) if not integer_y or float(top / count).is_integer())
+        y_ticks = next((count for count in (5, 4, 2) if not integer_y or float(top / count).is_integer()), 1)
+        if self.log_y:
+            tick_values = [10 ** decade for decade in range(0, int(self.y_range[1]) + 1)]
+        else:
+            tick_values = [self.y_range[0] + top * step / y_ticks for step in range(y_ticks + 1)]
         parts = []
-        for step in range(y_ticks + 1):
-            value = self.y_range[0] + (self.y_range[1] - self.y_range[0]) * step / y_ticks
+        for value in tick_values:
             y = self.y(value)
             parts.append(f'<line x1="{LEFT}" x2="{self.width - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
             parts.append(_text(LEFT - 6, y + 4, _tick_label(value), anchor="end", size=10))
@@ -82,14 +88,20 @@ class _Axes:
 def _marker(axes, value, label):
     x = axes.x(value)
     return [f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{TOP - 6}" y2="{axes.height - BOTTOM}" stroke="{RED}" '
-            f'stroke-dasharray="4 3"/>', _text(x + 4, TOP - 10, label, anchor="start", size=10,
-                                              extra=f' fill="{RED}"')]
+            f'stroke-dasharray="4 3"/>', _text(x + 4, TOP - 10, label, anchor="start", size=10, color=RED)]
 
 
 def histogram(histogram_data, title, x_label, marker=None, marker_label=""):
     """Bars of `histogram_data` ({"edges", "counts"}); an optional dashed line at x = `marker`."""
     edges, counts = histogram_data["edges"], histogram_data["counts"]
-    axes = _Axes((edges[0], edges[-1]), (0, _nice_maximum(max(counts, default=0))), x_label, "images")
+    filled = sorted(count for count in counts if count)
+    # A confident teacher piles most images into the last bins; on a linear axis the tail a
+    # threshold decides about would vanish, so a skewed histogram gets a log axis.
+    if filled and filled[-1] >= 50 * filled[len(filled) // 2]:
+        top_decade = math.ceil(math.log10(filled[-1]))
+        axes = _Axes((edges[0], edges[-1]), (-0.3, top_decade), x_label, "images (log scale)", log_y=True)
+    else:
+        axes = _Axes((edges[0], edges[-1]), (0, _nice_maximum(filled[-1] if filled else 0)), x_label, "images")
     body = axes.draw(integer_y=True)
     for lower, upper, count in zip(edges, edges[1:], counts):
         if not count:
@@ -120,10 +132,10 @@ def line_chart(series, title, x_label, y_label, x_range=(0.0, 1.0), y_range=None
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
             body.append(f'<polyline points="{path}" fill="none" stroke="{line["color"]}" stroke-width="2"/>')
             body += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{line["color"]}"/>' for x, y in points]
-        legend_y = TOP + 4 + 15 * index
-        body.append(f'<rect x="{WIDTH - RIGHT - 190}" y="{legend_y - 8}" width="10" height="10" '
-                    f'fill="{line["color"]}"/>')
-        body.append(_text(WIDTH - RIGHT - 175, legend_y + 1, line["name"], anchor="start", size=10))
+        # The legend sits in the top margin, in one row, where no line can run through it.
+        legend_x = LEFT + 200 * index
+        body.append(f'<rect x="{legend_x}" y="6" width="10" height="10" fill="{line["color"]}"/>')
+        body.append(_text(legend_x + 14, 15, line["name"], anchor="start", size=10))
     if marker is not None:
         body += _marker(axes, marker, marker_label)
     return _svg(WIDTH, HEIGHT, title, body)
@@ -147,10 +159,12 @@ def reliability_diagram(bins, title="Reliability diagram"):
         gap_top, gap_bottom = min(accuracy_y, confidence_y), max(accuracy_y, confidence_y)
         body.append(f'<rect x="{x:.1f}" y="{gap_top:.1f}" width="{width:.1f}" height="{gap_bottom - gap_top:.1f}" '
                     f'fill="{RED}" fill-opacity="0.3"/>')
-    body.append(f'<rect x="{LEFT + 8}" y="{TOP}" width="10" height="10" fill="{BLUE}"/>')
-    body.append(_text(LEFT + 22, TOP + 9, "accuracy", anchor="start", size=10))
-    body.append(f'<rect x="{LEFT + 8}" y="{TOP + 15}" width="10" height="10" fill="{RED}" fill-opacity="0.3"/>')
-    body.append(_text(LEFT + 22, TOP + 24, "gap to confidence", anchor="start", size=10))
+        # How many images a bin holds says how much to trust its bar.
+        body.append(_text(x + width / 2, gap_top - 3, f"{item['count']:,}", size=9))
+    body.append(f'<rect x="{LEFT}" y="6" width="10" height="10" fill="{BLUE}"/>')
+    body.append(_text(LEFT + 14, 15, "accuracy (number: images in the bin)", anchor="start", size=10))
+    body.append(f'<rect x="{LEFT + 240}" y="6" width="10" height="10" fill="{RED}" fill-opacity="0.3"/>')
+    body.append(_text(LEFT + 254, 15, "gap to mean confidence", anchor="start", size=10))
     return _svg(WIDTH, HEIGHT, title, body)
 
 
