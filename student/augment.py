@@ -78,7 +78,12 @@ class SeededRandAugment(keras.layers.RandAugment):
         translate = min(1.0, REFERENCE_TRANSLATE_FRACTION * level)
         self.random_translation = keras.layers.RandomTranslation(translate, translate, fill_mode="constant",
                                                                  fill_value=FILL_VALUE)
-        self._example_seeds = None
+        self._set_example_seeds(None)
+
+    def _set_example_seeds(self, seeds):
+        # Bypasses Layer.__setattr__, which would track the generator as layer state (and
+        # refuse new state once the layer is built); it lives only while one call is traced.
+        object.__setattr__(self, "_example_seeds", seeds)
 
     def _get_seed_generator(self, backend=None):
         if self._example_seeds is None:
@@ -87,11 +92,11 @@ class SeededRandAugment(keras.layers.RandAugment):
 
     def augment(self, image, seed):
         """uint8 or float (H, W, 3) on 0-255 -> float32 (H, W, 3); `seed` is an int32/int64 [2] tensor."""
-        self._example_seeds = _ExampleSeeds(seed)
+        self._set_example_seeds(_ExampleSeeds(seed))
         try:
             return tf.cast(self(image, training=True), tf.float32)
         finally:
-            self._example_seeds = None
+            self._set_example_seeds(None)
 
 
 def _crop_window(image_shape, seed):

@@ -1,0 +1,60 @@
+"""The pseudo-label input: manifest checks and reading the labeling job's records."""
+
+import json
+
+import numpy as np
+import pytest
+
+from student import pseudo
+from student.config import ConfigError
+from test_student_fixtures import write_pseudo_labels
+
+
+def test_a_class_count_mismatch_is_refused_before_training(tmp_path):
+    pattern = write_pseudo_labels(str(tmp_path), num_classes=5, num_examples=5)
+    with pytest.raises(ConfigError, match=r"--pseudo: the teacher in .*manifest.json labeled 5 classes but the "
+                                          r"labeled data \(--labeled\) has 3"):
+        pseudo.open_pseudo(pattern, labeled_num_classes=3)
+
+
+def test_a_missing_manifest_means_an_unfinished_run(tmp_path):
+    pattern = write_pseudo_labels(str(tmp_path), write_manifest=False)
+    with pytest.raises(ConfigError, match="no manifest.json .* not a finished pipeline.label output"):
+        pseudo.open_pseudo(pattern, 3)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"schema_version": 2}, "schema_version 2"),
+    ({"teacher": {"model_name": "resnet_rs_tiny"}}, "lacks 'num_classes'"),
+])
+def test_a_manifest_of_another_schema_is_refused(tmp_path, overrides, message):
+    pattern = write_pseudo_labels(str(tmp_path), manifest_overrides=overrides)
+    with pytest.raises(ConfigError, match=message):
+        pseudo.open_pseudo(pattern, 3)
+
+
+def test_the_records_give_images_and_renormalised_top_k_targets(tmp_path):
+    pattern = write_pseudo_labels(str(tmp_path), num_examples=6, top_k=2)
+    source = pseudo.open_pseudo(pattern, 3)
+    records_for_epoch, count = source.records()
+    assert count == 6 and source.top_k == 2 and source.teacher_id == "f" * 16
+    for record in records_for_epoch().take(6):
+        target = pseudo.soft_targets(record, 3).numpy()
+        assert target.sum() == pytest.approx(1.0) and (target > 0).sum() == 2
+        assert np.argmax(target) == int(record["top_k_indices"][0])
+        assert record["image"].numpy()[:2] == b"\xff\xd8"  # JPEG bytes, decoded later by the augmentation
+
+
+def test_the_full_distribution_is_used_when_the_job_wrote_it(tmp_path):
+    pattern = write_pseudo_labels(str(tmp_path), num_examples=3, full_distribution=True)
+    records_for_epoch, _ = pseudo.open_pseudo(pattern, 3).records()
+    record = next(iter(records_for_epoch()))
+    assert (pseudo.soft_targets(record, 3).numpy() > 0).all()
+
+
+def test_a_subset_of_shards_is_counted_not_taken_from_the_manifest(tmp_path):
+    write_pseudo_labels(str(tmp_path), num_examples=7, num_shards=2)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["counts"]["written"] == 7
+    _, count = pseudo.open_pseudo(str(tmp_path / "train-00000-of-00002.tfrecord"), 3).records()
+    assert count == 4

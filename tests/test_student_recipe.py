@@ -1,0 +1,79 @@
+"""The recipe's losses, soft targets, schedule and weight decay against hand computations."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from student import pseudo, recipe
+from student.config import TrainConfig
+
+
+def log_softmax(logits):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def test_soft_label_loss_matches_a_hand_computation():
+    logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]], np.float32)
+    targets = np.array([[0.7, 0.3, 0.0], [0.2, 0.2, 0.6]], np.float32)
+    # Cross-entropy against the teacher's distribution, summed and divided by the GLOBAL
+    # pseudo batch (here 4: two replicas of two), so replica sums add up to the mean.
+    expected = -(targets * log_softmax(logits)).sum() / 4
+    assert float(recipe.pseudo_loss(targets, logits, global_batch_size=4)) == pytest.approx(expected, rel=1e-6)
+    # By hand for the first row: -(0.7 * log p0 + 0.3 * log p1).
+    p = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    first = -(0.7 * np.log(p[0]) + 0.3 * np.log(p[1]))
+    assert float(recipe.pseudo_loss(targets[:1], logits[:1], 1)) == pytest.approx(first, rel=1e-6)
+
+
+def test_labeled_loss_uses_label_smoothing():
+    logits = np.array([[2.0, 0.5, -1.0, 0.0]], np.float32)
+    smoothed = np.full(4, 0.1 / 4)
+    smoothed[1] += 0.9
+    expected = -(smoothed * log_softmax(logits)[0]).sum() / 2
+    value = recipe.labeled_loss(tf.constant([1]), logits, 4, 0.1, global_batch_size=2)
+    assert float(value) == pytest.approx(expected, rel=1e-6)
+
+
+def test_soft_targets_renormalise_the_top_k_and_respect_hard_and_full_distributions():
+    record = {"top_k_indices": tf.constant([2, 0], tf.int64), "top_k_probabilities": tf.constant([0.6, 0.2])}
+    np.testing.assert_allclose(pseudo.soft_targets(record, 4), [0.25, 0.0, 0.75, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(pseudo.soft_targets(record, 4, hard=True), [0, 0, 1, 0])
+    record["distribution"] = tf.constant([0.1, 0.1, 0.6, 0.2])
+    np.testing.assert_allclose(pseudo.soft_targets(record, 4), [0.1, 0.1, 0.6, 0.2], rtol=1e-6)
+
+
+def test_schedule_warms_up_linearly_then_decays_as_a_cosine():
+    config = TrainConfig(model="resnet_rs_tiny", labeled="x", model_dir="y", batch_size=512, labeled_examples=5120,
+                         epochs=10, warmup_epochs=2)  # 10 steps per epoch, 100 steps, 20 of warm-up
+    schedule = recipe.learning_rate_schedule(config)
+    peak = 0.1 * 512 / 256
+    assert float(schedule(0)) == pytest.approx(0.0)
+    assert float(schedule(10)) == pytest.approx(peak / 2)
+    assert float(schedule(20)) == pytest.approx(peak)
+    assert float(schedule(60)) == pytest.approx(peak * 0.5 * (1 + np.cos(np.pi * 40 / 80)), rel=1e-5)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_weight_decay_skips_batch_norm_and_biases_and_matches_the_reference_l2_under_momentum():
+    config = TrainConfig(model="resnet_rs_tiny", labeled="x", model_dir="y", batch_size=256, labeled_examples=256,
+                         train_steps=10, warmup_epochs=0, ema_decay=0.0)
+    assert recipe.decoupled_weight_decay(config) == pytest.approx(4e-5 / 0.1)
+    inputs = keras.Input((3,))
+    outputs = keras.layers.BatchNormalization()(keras.layers.Dense(2)(inputs))
+    model = keras.Model(inputs, outputs)
+    optimizer = recipe.make_optimizer(config)
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    model.layers[1].bias.assign([1.0, 1.0])
+    before[model.layers[1].bias.path] = np.ones(2, np.float32)
+    optimizer.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
+    learning_rate = 0.1  # peak at batch 256, cosine at step 0
+    for variable in model.trainable_variables:
+        name = variable.path.split("/")[-1]
+        if name == "kernel":
+            np.testing.assert_allclose(variable.numpy(), before[variable.path] * (1 - learning_rate * 4e-4),
+                                       rtol=1e-6)
+        else:
+            assert name in recipe.NO_WEIGHT_DECAY
+            np.testing.assert_array_equal(variable.numpy(), before[variable.path])
