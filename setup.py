@@ -18,6 +18,7 @@ setuptools.setup(
         "apache-beam[gcp]>=2.60,<3",
         "tensorflow-datasets>=4.9,<5",
         "google-cloud-storage>=2.10,<4",
+        "google-crc32c>=1.5",  # TFRecord framing of the labeling job's deterministic shards
         "absl-py>=1.4",
         "numpy>=1.26",
         "pillow>=10",
@@ -25,6 +26,9 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "resnet-rs-export-teacher = teacher.export:main",
+            "resnet-rs-label = pipeline.label:main",
+            "resnet-rs-report = pipeline.report:main",
+            "resnet-rs-train = student.train:main",
         ],
     },
     extras_require={
