@@ -18,6 +18,8 @@ import json
 import sys
 
 from absl import flags
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import report_html, report_summary
 from pipeline.report_summary import ReportError
@@ -39,7 +41,7 @@ def define_flags():
     flags.DEFINE_integer("holdout_limit", None, "Evaluate at most this many holdout images.", **f)
     flags.DEFINE_string("teacher", None, "Teacher directory; overrides the path recorded in manifest.json.", **f)
     flags.DEFINE_bool("recompute", False, "Compute stats.json from the train-*.tfrecord records with a Beam job "
-                      "(for runs without one); Beam pipeline flags pass through.", **f)
+                      "(for runs without one). Beam pipeline flags pass through to it and to gs:// access.", **f)
     flags.DEFINE_integer("num_classes", None, "Classes, for --recompute when neither a manifest nor --teacher "
                          "says.", **f)
     flags.DEFINE_integer("chart_classes", 40, "Classes shown in the per-class chart (the table has all).", **f)
@@ -54,6 +56,9 @@ def build_report(labels, output=None, output_format="html", holdout=None, holdou
         raise ReportError(f"--format={output_format}: expected one of {', '.join(FORMATS)}.")
     if output_format == "html" and not output:
         raise ReportError("--format=html needs --output=report.html (or use --format=text or json).")
+    # Beam flags configure its filesystems too (gs:// project, impersonation, GCS client
+    # options), so the manifest and stats reads below honour them, not only --recompute's job.
+    FileSystems.set_options(PipelineOptions(list(beam_args)))
     manifest, stats = report_summary.read_run(labels)
     if recompute:
         from pipeline import report_recompute  # deferred: Beam's job graph is built only when asked
@@ -77,7 +82,7 @@ def build_report(labels, output=None, output_format="html", holdout=None, holdou
     summary = report_summary.summarize(labels, manifest, stats, holdout_metrics)
     if output:
         page = report_html.render(summary, stats.get("examples") or {}, chart_classes, thumbnail_classes)
-        with report_summary.FileSystems.create(output) as handle:
+        with FileSystems.create(output) as handle:
             handle.write(page.encode("utf-8"))
     if output_format == "json":
         text = json.dumps(summary, indent=1, allow_nan=False) + "\n"
@@ -86,6 +91,13 @@ def build_report(labels, output=None, output_format="html", holdout=None, holdou
         if output:
             text += f"\nreport written to {report_summary.printable(output)}\n"
     return summary, text
+
+
+def unknown_flags(beam_args):
+    """The flags in `beam_args` that no Beam PipelineOptions class defines (typos, mostly)."""
+    known = PipelineOptions([]).get_all_options()
+    names = [argument[2:].split("=", 1)[0] for argument in beam_args if argument.startswith("--")]
+    return [name for name in names if name.replace("-", "_") not in known]
 
 
 def run(argv):
@@ -100,8 +112,9 @@ def run(argv):
         raise ReportError(str(error)) from error
     if not values.labels:
         raise ReportError("--labels=OUT_DIR is required.")
-    if beam_args and not values.recompute:
-        raise ReportError(f"unknown flag(s) {beam_args}: Beam pipeline flags only apply with --recompute.")
+    unknown = unknown_flags(beam_args)
+    if unknown:
+        raise ReportError(f"unknown flag(s) {unknown}: neither a flag of pipeline.report nor a Beam pipeline option.")
     summary, text = build_report(values.labels, values.output, values.format, values.holdout, values.holdout_limit,
                                  values.teacher, values.recompute, values.num_classes, beam_args,
                                  values.chart_classes, values.thumbnail_classes)

@@ -206,3 +206,6 @@ def test_command_line(run_directory, tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipeline.report", f"--labels={tmp_path}/nothing",
                              "--format=text"], capture_output=True, text=True)
     assert result.returncode != 0 and "has no stats.json" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "pipeline.report", f"--labels={run_directory}", "--format=text",
+                             "--holdot=typo"], capture_output=True, text=True)
+    assert result.returncode != 0 and "unknown flag(s) ['holdot']" in result.stderr
