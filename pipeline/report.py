@@ -60,6 +60,10 @@ def build_report(labels, output=None, output_format="html", holdout=None, holdou
     # options), so the manifest and stats reads below honour them, not only --recompute's job.
     FileSystems.set_options(PipelineOptions(list(beam_args)))
     manifest, stats = report_summary.read_run(labels)
+    if recompute and stats is not None:
+        # The job's stats know what the records cannot (rejected, below threshold, over cap).
+        raise ReportError(f"--recompute: {report_summary.join(labels, report_summary.STATS_FILE)} exists, and the "
+                          "job's own stats know more than the records do; delete it first to replace it.")
     if recompute:
         from pipeline import report_recompute  # deferred: Beam's job graph is built only when asked
 

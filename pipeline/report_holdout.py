@@ -51,8 +51,8 @@ def examples_of(source):
 
 def _decoded(image):
     """uint8 (H, W, 3), or None for bytes that do not decode (they are counted, not fatal)."""
-    if not isinstance(image, bytes):
-        return image[..., :3] if image.shape[-1] != 3 else image
+    if not isinstance(image, bytes):  # a TFDS image: (H, W, 1) grayscale, (H, W, 3) or (H, W, 4)
+        return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
     from models import preprocessing  # deferred: TensorFlow loads only when a holdout is evaluated
 
     try:

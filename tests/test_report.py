@@ -209,3 +209,23 @@ def test_command_line(run_directory, tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipeline.report", f"--labels={run_directory}", "--format=text",
                              "--holdot=typo"], capture_output=True, text=True)
     assert result.returncode != 0 and "unknown flag(s) ['holdot']" in result.stderr
+
+
+def test_empty_run_renders(tmp_path):
+    """A run whose input matched nothing still gets a report, not a crash."""
+    directory = tmp_path / "labels"
+    manifest, stats = write_synthetic_run(directory)
+    manifest["counts"] = {name: 0 for name in manifest["counts"]}
+    manifest["rejected_by_reason"] = stats["rejected_by_reason"] = {}
+    for histogram in ("confidence_histogram", "entropy_histogram"):
+        stats[histogram]["counts"] = [0] * len(stats[histogram]["counts"])
+    stats["per_class"] = [{"class": row["class"], "name": row["name"], "labeled": 0, "above_threshold": 0, "kept": 0,
+                           "duplicates": 0, "written": 0, "mean_confidence": None, "confidence_quantiles": []}
+                          for row in stats["per_class"]]
+    stats["examples"] = {}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    (directory / "stats.json").write_text(json.dumps(stats))
+    summary, text = report.build_report(str(directory), str(tmp_path / "empty.html"))
+    assert summary["accounting_closes"] and "6 of 6 classes have no written images" in text
+    assert all(row["fraction_of_labeled"] is None for row in summary["threshold_sweep"])
+    assert "<svg" in (tmp_path / "empty.html").read_text()

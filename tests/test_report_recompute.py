@@ -93,6 +93,8 @@ def test_report_with_recompute_flags_what_it_cannot_know(tmp_path):
     assert summary["counts"]["written"] == 11 and summary["counts"]["duplicates"] == 3
     assert any("recomputed from the written records" in warning for warning in summary["warnings"])
     assert "recomputed from the written records" in output.read_text()
+    with pytest.raises(report_summary.ReportError, match="exists"):  # never replaces stats silently
+        report.build_report(str(directory), output_format="text", recompute=True)
 
 
 def test_recompute_needs_the_class_count(tmp_path):
