@@ -62,6 +62,13 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
     });
   });
 });
+// report.html#sort=kept (or #sort=kept-descending) opens the class table sorted: a link can
+// point a colleague at the starved classes.
+var wanted = /^#sort=([a-z_]+?)(-descending)?$/.exec(location.hash);
+if (wanted) {
+  var header = document.querySelector('th[data-key="' + wanted[1] + '"]');
+  if (header) { header.click(); if (wanted[2]) { header.click(); } }
+}
 document.documentElement.setAttribute("data-sorter", "ready");
 """
 
@@ -92,7 +99,8 @@ def _header(columns):
     cells = []
     for label, kind in columns:
         css = ' class="text"' if kind == "text" else ""
-        cells.append(f'<th{css} data-type="{kind}">{html.escape(label)}</th>')
+        key = label.rstrip(".").replace(" ", "_")
+        cells.append(f'<th{css} data-type="{kind}" data-key="{html.escape(key)}">{html.escape(label)}</th>')
     return f"<thead><tr>{''.join(cells)}</tr></thead>"
 
 

@@ -4,6 +4,7 @@ Chromium is Debian's `chromium` package, which `make test` installs. Without it 
 test is skipped, except under CI (the CI variable is set), where it fails instead.
 """
 
+import html
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from PIL import Image
 
 import models
 import teacher
-from pipeline import report, report_recompute
+from pipeline import label, report, report_recompute
 from test_report import ALERT_CLASS, QUOTED_URI, SCRIPT_CLASS
 
 CHROMIUM = "/usr/bin/chromium"
@@ -28,7 +29,6 @@ QUOTED_NAME = QUOTED_URI.rsplit("/", 1)[1].replace("/", "")
 @pytest.fixture(scope="module")
 def labeling_run(tmp_path_factory):
     """(OUT_DIR, teacher directory, holdout folder) of a real pipeline.label run."""
-    label = pytest.importorskip("pipeline.label")
     root = tmp_path_factory.mktemp("labeling")
     model = models.create("resnet_rs_tiny", num_classes=len(CLASS_NAMES))
     # A freshly initialised classifier gives every image ~1/4 confidence; larger logits spread
@@ -108,3 +108,16 @@ def test_report_in_headless_chromium(labeling_run, tmp_path):
     assert class_table.count("<tr>") == 1 + len(CLASS_NAMES)
     assert "Holdout calibration" in dom and "Threshold sweep" in dom and dom.count("<table") == 6
     assert re.search(r'<img src="data:image/jpeg;base64,', dom)
+    # The sorter sorts: report.html#sort=COLUMN[-descending] opens the class table sorted.
+    assert class_rows(page, "kept-descending", 4) == sorted(class_rows(page, "kept", 4), reverse=True)
+    assert class_rows(page, "name", 1) == sorted(CLASS_NAMES)
+
+
+def class_rows(page, sort, column):
+    """One column (0 class, 1 name, 4 kept) of the class table as Chromium shows it for #sort=`sort`."""
+    dom = chromium("--dump-dom", "--virtual-time-budget=2000", f"{page.as_uri()}#sort={sort}")
+    table = re.search(r'<table class="sortable" id="classes">.*?</table>', dom, re.S).group(0)
+    assert re.search(rf'data-key="{sort.split("-")[0]}" aria-sort="(a|de)scending"', table)
+    rows = [re.findall(r'data-value="([^"]*)"', row) for row in re.findall(r"<tr>(.*?)</tr>", table)[1:]]
+    values = [html.unescape(cells[column]) for cells in rows]
+    return [float(value) for value in values] if column != 1 else values
