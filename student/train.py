@@ -85,13 +85,18 @@ def config_from_flags():
     return TrainConfig(**{field.name: getattr(FLAGS, field.name) for field in dataclasses.fields(TrainConfig)})
 
 
-def _is_chief(strategy):
-    """Whether this process writes summaries, config and exports (one per multi-worker job)."""
+def _worker_id(strategy):
+    """None for the process that writes summaries, config and exports; else its task id.
+
+    Only a multi-worker job has more than one process; its chief is the `chief` task, or
+    worker 0 when the cluster has no chief (TF's convention).
+    """
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type or isinstance(strategy, tf.distribute.TPUStrategy):
-        return True
+        return None
     has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+    chief = resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+    return None if chief else f"{resolver.task_type}-{resolver.task_id}"
 
 
 def _open_inputs(config, strategy):
@@ -153,16 +158,23 @@ def run(config):
         tf.config.experimental.enable_op_determinism()
     strategy = trainer_lib.make_strategy(config.strategy, config.tpu)
     input_builder, class_names = _open_inputs(config, strategy)
-    chief = _is_chief(strategy)
+    worker_id = _worker_id(strategy)
+    chief = worker_id is None
     config_lib.check_resumable(config)
     if chief:
         config.write()
 
-    trainer = trainer_lib.Trainer(config, strategy, input_builder)
+    if input_builder.pseudo_source is not None:
+        source = input_builder.pseudo_source
+        print(f"pseudo labels: {source.pattern} from teacher {source.teacher_id} (top_k={source.top_k}, "
+              f"temperature={source.manifest['settings'].get('temperature')}, "
+              f"{'full distribution' if source.full_distribution else 'top-k renormalised'}"
+              f"{', hard labels' if config.hard_pseudo_labels else ''})", flush=True)
+    trainer = trainer_lib.Trainer(config, strategy, input_builder, worker_id)
     start_step = trainer.restore()
     total = config.total_steps()
     if start_step:
-        print(f"resumed from step {start_step} of {total} ({trainer.manager.latest_checkpoint})", flush=True)
+        print(f"resumed from step {start_step} of {total} ({trainer.latest_checkpoint})", flush=True)
     train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) if chief else None
     eval_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "eval")) if chief else None
 
@@ -178,13 +190,17 @@ def run(config):
     if start_step < total:
         iterator = iter(strategy.distribute_datasets_from_function(
             lambda context: input_builder.train_dataset(context, start_step)))
-        window_steps, window_seconds = 0, 0.0
+        window_steps, window_seconds, warmed_up = 0, 0.0, False
         while trainer.step < total:
             step = trainer.step
             num_steps = min(config.steps_per_execution, total - step)
             labeled_loss, pseudo_loss, seconds = trainer.train_block(iterator, num_steps)
             step += num_steps
-            window_steps, window_seconds = window_steps + num_steps, window_seconds + seconds
+            # The first call of a process traces and compiles; its time would understate
+            # images/s, so it is measured only when nothing else is.
+            if warmed_up or step % config.log_every == 0 or step == total:
+                window_steps, window_seconds = window_steps + num_steps, window_seconds + seconds
+            warmed_up = True
             if step % config.log_every == 0 or step == total:
                 images_per_second = window_steps * trainer.images_per_step / window_seconds
                 values = {"loss/labeled": labeled_loss, "learning_rate": trainer.learning_rate(),
@@ -213,6 +229,7 @@ def run(config):
                        source=f"training-run:{config.model_dir}", overwrite=True)
         with tf.io.gfile.GFile(os.path.join(config.model_dir, RESULTS_FILE), "w") as f:
             f.write(json.dumps({"step": result["step"], "eval": result["eval"]}, indent=2) + "\n")
+    trainer.close()
     return result
 
 

@@ -39,7 +39,7 @@ def make_strategy(kind, tpu=None):
 
 
 class Trainer:
-    def __init__(self, config, strategy, input_builder):
+    def __init__(self, config, strategy, input_builder, worker_id=None):
         self.config = config
         self.strategy = strategy
         self.inputs = input_builder
@@ -56,7 +56,13 @@ class Trainer:
         # checkpoint of the model alone does not track; saving them makes resumption exact.
         seed_states = [v for v in self.model.variables if "seed_generator_state" in v.path]
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, seed_states=seed_states)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(config.model_dir, CHECKPOINT_DIR),
+        # Every worker of a multi-worker job must save (the save is collective), but only the
+        # chief's checkpoints are kept; the others write to a scratch directory of their own
+        # (deleted by `close`) and all of them restore from the chief's.
+        self.checkpoint_directory = os.path.join(config.model_dir, CHECKPOINT_DIR)
+        save_directory = self.checkpoint_directory if worker_id is None else os.path.join(
+            config.model_dir, f"{CHECKPOINT_DIR}-worker-{worker_id}")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, save_directory,
                                                   max_to_keep=config.keep_checkpoints)
         self.compute_gradients = tf.function(self._gradients, jit_compile=config.jit_compile)
         self.forward_eval = tf.function(lambda images: self.model(images, training=False),
@@ -69,9 +75,16 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def restore(self):
-        """Restores the latest checkpoint, if any; returns the step training continues from."""
-        self.manager.restore_or_initialize()
+        """Restores the chief's latest checkpoint, if any; returns the step training continues from."""
+        latest = tf.train.latest_checkpoint(self.checkpoint_directory)
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        self.latest_checkpoint = latest
         return self.step
+
+    def close(self):
+        if self.manager.directory != self.checkpoint_directory and tf.io.gfile.exists(self.manager.directory):
+            tf.io.gfile.rmtree(self.manager.directory)
 
     def save(self):
         return self.manager.save(checkpoint_number=self.step)

@@ -56,13 +56,14 @@ def _floats(values):
     return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
 
-def write_labeled_tfrecords(pattern_prefix, num_classes=3, num_examples=12, num_shards=2, label_offset=0, seed=1):
+def write_labeled_tfrecords(pattern_prefix, num_classes=3, num_examples=12, num_shards=2, label_offset=0, seed=1,
+                            image_size=40):
     rng = np.random.default_rng(seed)
     writers = [tf.io.TFRecordWriter(f"{pattern_prefix}-{shard:05d}-of-{num_shards:05d}") for shard in range(num_shards)]
     for index in range(num_examples):
         label = index % num_classes
         example = tf.train.Example(features=tf.train.Features(feature={
-            "image/encoded": _bytes([encode(class_image(label, num_classes, rng))]),
+            "image/encoded": _bytes([encode(class_image(label, num_classes, rng, image_size))]),
             "image/class/label": _ints([label + label_offset])}))
         writers[index % num_shards].write(example.SerializeToString())
     for writer in writers:
@@ -78,7 +79,7 @@ def teacher_distribution(label, num_classes, rng):
 
 
 def write_pseudo_labels(out_dir, num_classes=3, num_examples=24, top_k=2, num_shards=2, full_distribution=False,
-                        seed=2, manifest_overrides=None, write_manifest=True):
+                        seed=2, manifest_overrides=None, write_manifest=True, image_size=40):
     """Writes OUT_DIR as pipeline.label would; returns the train-*.tfrecord glob."""
     rng = np.random.default_rng(seed)
     tf.io.gfile.makedirs(out_dir)
@@ -86,7 +87,7 @@ def write_pseudo_labels(out_dir, num_classes=3, num_examples=24, top_k=2, num_sh
     writers = [tf.io.TFRecordWriter(os.path.join(out_dir, name)) for name in names]
     for index in range(num_examples):
         label = index % num_classes
-        image_bytes = encode(class_image(label, num_classes, rng))
+        image_bytes = encode(class_image(label, num_classes, rng, image_size))
         distribution = teacher_distribution(label, num_classes, rng)
         order = np.argsort(-distribution)[:top_k]
         feature = {
