@@ -169,8 +169,6 @@ def validate(config):
              "must be >= 0.")
     _require(config.randaugment_layers is None or config.randaugment_layers >= 0, "randaugment_layers",
              "must be >= 0.")
-    _require(not config.eval or not config.labeled.startswith("tfds:") or config.eval.startswith("tfds:"), "eval",
-             "with a TFDS --labeled source, leave --eval out to use --eval_split, or name a source.")
     if config.pseudo:
         _require(not config.pseudo.startswith("tfds:"), "pseudo",
                  "must be the labeling job's train-*.tfrecord glob, not a TFDS dataset.")

@@ -20,7 +20,7 @@ import os
 import sys
 
 import tensorflow as tf
-from absl import app, flags
+from absl import app, flags, logging
 from tensorflow.core.framework import summary_pb2
 
 import teacher
@@ -173,6 +173,8 @@ def run(config):
     trainer = trainer_lib.Trainer(config, strategy, input_builder, worker_id)
     start_step = trainer.restore()
     total = config.total_steps()
+    if input_builder.eval_source is None:
+        print("no eval source: pass --eval (or a tfds: --labeled) to measure top-1/top-5", flush=True)
     if start_step:
         print(f"resumed from step {start_step} of {total} ({trainer.latest_checkpoint})", flush=True)
     train_writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train")) if chief else None
@@ -236,6 +238,10 @@ def run(config):
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+    if not FLAGS["verbosity"].present:
+        # TensorFlow's INFO lines (SavedModel export, checkpoint sharding) would bury the
+        # progress lines; --verbosity=0 brings them back.
+        logging.set_verbosity(logging.WARNING)
     result = run(config_from_flags())
     print(json.dumps({"step": result["step"], "eval": result["eval"], "teacher": result["teacher"]}))
 

@@ -37,7 +37,6 @@ def make(**overrides):
     (dict(resume_input="random"), "--resume_input"),
     (dict(label_smoothing=1.0), "--label_smoothing"),
     (dict(ema_decay=1.0), "--ema_decay"),
-    (dict(labeled="tfds:imagenet2012", eval="/data/val"), "--eval"),
 ])
 def test_wrong_flags_are_refused_by_name(overrides, flag):
     with pytest.raises(ConfigError, match=flag):
