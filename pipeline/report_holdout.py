@@ -62,9 +62,9 @@ def _decoded(image):
 
 
 def predict_holdout(teacher, source, temperature, top_k, limit=None):
-    """Per-image arrays (confidence, top-1 hit, top-k hit) and counts of images left out."""
+    """Per-image arrays {confidence, correct (top-1), correct_top_k, truth} and counts of images left out."""
     index_of = {name: index for index, name in enumerate(teacher.metadata.class_names)}
-    confidence, correct, correct_top_k = [], [], []
+    confidence, correct, correct_top_k, all_truths = [], [], [], []
     skipped, unreadable, evaluated, batch, truths = 0, 0, 0, [], []
 
     def flush():
@@ -73,6 +73,7 @@ def predict_holdout(teacher, source, temperature, top_k, limit=None):
         confidence.append(predictions.confidence)
         correct.append(predictions.top_k_indices[:, 0] == truth[:, 0])
         correct_top_k.append(np.any(predictions.top_k_indices == truth, axis=1))
+        all_truths.append(truth[:, 0])
         batch.clear()
         truths.clear()
 
@@ -97,8 +98,18 @@ def predict_holdout(teacher, source, temperature, top_k, limit=None):
         raise ReportError(f"--holdout={source}: none of its images belong to the teacher's classes "
                           f"(teacher classes start {list(index_of)[:5]}; {skipped} images skipped, "
                           f"{unreadable} unreadable).")
-    return (np.concatenate(confidence).astype(np.float64), np.concatenate(correct),
-            np.concatenate(correct_top_k), skipped, unreadable)
+    arrays = {"confidence": np.concatenate(confidence).astype(np.float64), "correct": np.concatenate(correct),
+              "correct_top_k": np.concatenate(correct_top_k), "truth": np.concatenate(all_truths)}
+    return arrays, skipped, unreadable
+
+
+def per_class_accuracy(truth, correct, num_classes):
+    """[{class, images, accuracy}] per class: which classes the teacher's labels are least right about."""
+    images = np.bincount(truth, minlength=num_classes)
+    hits = np.bincount(truth, weights=correct.astype(np.float64), minlength=num_classes)
+    return [{"class": index, "images": int(images[index]),
+             "accuracy": float(hits[index] / images[index]) if images[index] else None}
+            for index in range(num_classes)]
 
 
 def reliability(confidence, correct, num_bins=CALIBRATION_BINS):
@@ -143,15 +154,16 @@ def evaluate(teacher_path, source, temperature=1.0, top_k=5, current_min_confide
         raise ReportError(f"--teacher={teacher_path} has no teacher.json, so its class names are unknown and "
                           "holdout folders cannot be matched to classes.")
     top_k = min(top_k, model.num_classes)
-    confidence, correct, correct_top_k, skipped, unreadable = predict_holdout(model, source, temperature, top_k,
-                                                                              limit)
+    arrays, skipped, unreadable = predict_holdout(model, source, temperature, top_k, limit)
+    confidence, correct = arrays["confidence"], arrays["correct"]
     bins, error = reliability(confidence, correct)
     return {
         "source": source, "teacher_path": teacher_path, "teacher_id": model.teacher_id,
         "temperature": temperature, "top_k": top_k, "evaluated": int(len(confidence)),
         "skipped": skipped, "unreadable": unreadable,
-        "accuracy": float(correct.mean()), "top_k_accuracy": float(correct_top_k.mean()),
+        "accuracy": float(correct.mean()), "top_k_accuracy": float(arrays["correct_top_k"].mean()),
         "expected_calibration_error": float(error), "mean_confidence": float(confidence.mean()),
         "reliability": bins, "current_min_confidence": current_min_confidence,
         "sweep": accuracy_sweep(confidence, correct, current_min_confidence),
+        "per_class": per_class_accuracy(arrays["truth"], correct, model.num_classes),
     }

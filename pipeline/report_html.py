@@ -223,6 +223,9 @@ def _class_section(summary, max_chart_classes):
     columns = [("class", "number"), ("name", "text"), ("labeled", "number"), ("above threshold", "number"),
                ("kept", "number"), ("duplicates", "number"), ("written", "number"), ("duplication x", "number"),
                ("mean conf.", "number"), ("p10", "number"), ("p50", "number"), ("p90", "number")]
+    with_holdout = bool(summary.get("holdout"))
+    if with_holdout:
+        columns += [("holdout images", "number"), ("holdout accuracy", "number")]
     body = []
     for row in rows:
         quantiles = row.get("confidence_quantiles") or []
@@ -230,7 +233,9 @@ def _class_section(summary, max_chart_classes):
         body.append("<tr>" + _cell(row["class"]) + _cell(row["name"], text=True, css="text name")
                     + "".join(_cell(row.get(key)) for key in ("labeled", "above_threshold", "kept", "duplicates", "written"))
                     + _cell(row["duplication_factor"], 2) + _cell(row.get("mean_confidence"))
-                    + "".join(_cell(value) for value in deciles) + "</tr>")
+                    + "".join(_cell(value) for value in deciles)
+                    + (_cell(row.get("holdout_images")) + _cell(row.get("holdout_accuracy"), percent=True)
+                       if with_holdout else "") + "</tr>")
     shown = min(len(rows), max_chart_classes)
     return (f"<h2>Classes</h2><p class=\"sub\">Worst first: classes no image was labeled as, then lowest mean "
             f"confidence, then fewest kept. The chart shows the worst {shown} of {len(rows)}; click a column "

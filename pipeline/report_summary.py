@@ -173,6 +173,14 @@ def summarize(labels, manifest, stats, holdout=None):
         warnings.append("stats.json was recomputed from the written records (--recompute): 'labeled' and "
                         "'above threshold' count only kept images, and the histograms cover kept images only.")
     per_class = class_rows(stats, stats.get("class_names") or [])
+    labeling_teacher = (manifest.get("teacher") or {}).get("teacher_id")
+    if holdout and labeling_teacher and holdout.get("teacher_id") not in (None, labeling_teacher):
+        warnings.append(f"The holdout was evaluated with teacher {holdout['teacher_id']}, but teacher "
+                        f"{labeling_teacher} labeled this run: its calibration says little about these labels.")
+    holdout_by_class = {row["class"]: row for row in (holdout or {}).get("per_class") or []}
+    for row in per_class if holdout_by_class else []:
+        found = holdout_by_class.get(row["class"], {})
+        row["holdout_images"], row["holdout_accuracy"] = found.get("images", 0), found.get("accuracy")
     counts = {name: (manifest.get("counts") or {}).get(name) for name in COUNT_NAMES}
     for name in ("kept", "duplicates", "written"):
         if counts[name] is None:

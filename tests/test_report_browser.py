@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -30,6 +31,7 @@ QUOTED_NAME = QUOTED_URI.rsplit("/", 1)[1].replace("/", "")
 def labeling_run(tmp_path_factory):
     """(OUT_DIR, teacher directory, holdout folder) of a real pipeline.label run."""
     root = tmp_path_factory.mktemp("labeling")
+    keras.utils.set_random_seed(0)  # the same teacher, hence the same labels, on every run
     model = models.create("resnet_rs_tiny", num_classes=len(CLASS_NAMES))
     # A freshly initialised classifier gives every image ~1/4 confidence; larger logits spread
     # the confidences so thresholds, caps and duplicates all have work to do.
@@ -103,7 +105,7 @@ def test_report_in_headless_chromium(labeling_run, tmp_path):
     # Plots: two histograms, sweep, reliability diagram, accuracy sweep, class chart. Tables:
     # accounting, rejections, teacher, threshold sweep, holdout sweep, classes.
     assert len(re.findall(r"<svg[^>]*class=\"chart\"", dom)) == 6
-    assert len(re.findall(r"<rect", dom)) > 20
+    assert dom.count("<rect") == page.read_text().count("<rect") > 0  # every bar reached the DOM
     class_table = re.search(r'<table class="sortable" id="classes">.*?</table>', dom, re.S).group(0)
     assert class_table.count("<tr>") == 1 + len(CLASS_NAMES)
     assert "Holdout calibration" in dom and "Threshold sweep" in dom and dom.count("<table") == 6

@@ -73,6 +73,11 @@ def test_folder_holdout_matches_the_teachers_own_predictions(teacher_directory, 
     _, expected_error = report_holdout.reliability(predictions.confidence.astype(np.float64),
                                                    predictions.top_k_indices[:, 0] == truth)
     assert metrics["expected_calibration_error"] == pytest.approx(expected_error, abs=1e-6)
+    per_class = metrics["per_class"]
+    assert [row["images"] for row in per_class] == [4, 4, 4]
+    for row in per_class:
+        mine = truth == row["class"]
+        assert row["accuracy"] == pytest.approx(np.mean(predictions.top_k_indices[mine, 0] == row["class"]))
     limited = report_holdout.evaluate(teacher_directory, str(holdout_folder), limit=5)
     assert limited["evaluated"] == 5
 
@@ -95,7 +100,10 @@ def test_report_with_holdout(teacher_directory, holdout_folder, tmp_path):
     assert summary["holdout"]["evaluated"] == 12
     assert "holdout" in text and "ECE (15 bins)" in text
     page = output.read_text()
-    assert "Holdout calibration" in page and page.count("<svg") == 6
+    assert "Holdout calibration" in page and page.count("<svg") == 6 and "holdout accuracy</th>" in page
+    assert any("but teacher feedfacecafe0001 labeled this run" in warning for warning in summary["warnings"])
+    by_class = {row["class"]: row for row in summary["per_class"]}
+    assert by_class[0]["holdout_images"] == 4 and by_class[5]["holdout_images"] == 0
     (tmp_path / "strangers" / "purple").mkdir(parents=True)
     (tmp_path / "strangers" / "purple" / "0.png").write_bytes((holdout_folder / "9" / "0.png").read_bytes())
     with pytest.raises(report_summary.ReportError, match="none of its images belong to the teacher's classes"):
