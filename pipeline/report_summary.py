@@ -6,6 +6,7 @@ Beam's FileSystems so `gs://` works as well as local paths; never the records th
 """
 
 import json
+import textwrap
 import unicodedata
 
 import numpy as np
@@ -225,7 +226,9 @@ def format_text(summary, worst_classes=10):
         lines.append(f"teacher   {printable(teacher.get('teacher_id'))} ({printable(teacher.get('model_name'))}, "
                      f"{summary['num_classes']} classes) from {printable(teacher.get('path'))}")
     if settings:
-        lines.append("settings  " + " ".join(f"{printable(k)}={printable(v)}" for k, v in sorted(settings.items())))
+        pairs = " ".join(f"{printable(key)}={printable(value)}" for key, value in sorted(settings.items()))
+        lines += textwrap.wrap(pairs, width=100, initial_indent="settings  ", subsequent_indent=" " * 10,
+                               break_on_hyphens=False)
     reasons = ", ".join(f"{printable(reason)} {count:,}" for reason, count in
                         sorted(summary["rejected_by_reason"].items(), key=lambda item: -item[1]))
     accounting = [("read", "read", 0), ("rejected", "rejected", 1), ("labeled", "labeled", 1),
