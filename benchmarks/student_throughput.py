@@ -17,7 +17,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -64,7 +63,8 @@ def measure(model_name, batch_size, pseudo_ratio, seconds, jit_compile, randaugm
     with tempfile.TemporaryDirectory() as work:
         # Source images 1.5x the train size, as ImageNet photos are larger than the crop.
         image_size = int(size * 1.5)
-        labeled_glob = write_labeled_tfrecords(os.path.join(work, "labeled"), NUM_CLASSES, 256, 4, image_size=image_size)
+        labeled_glob = write_labeled_tfrecords(os.path.join(work, "labeled"), NUM_CLASSES, 256, 4,
+                                               image_size=image_size)
         pseudo_glob = write_pseudo_labels(os.path.join(work, "pseudo"), NUM_CLASSES, 512, top_k=5, num_shards=4,
                                           image_size=image_size)
         config = TrainConfig(model=model_name, labeled=labeled_glob, model_dir=os.path.join(work, "run"),

@@ -7,12 +7,13 @@ batch (and on every replica, so BatchNorm sees the same mix everywhere).
 
 Input position (the resume guarantee). Each stream is a pure function of (seed, input
 pipeline, position): epoch e of a stream is its records in an order permuted by a seed
-derived from e (file order, then a shuffle of `shuffle_buffer`-record windows), and the example at
-position p is augmented with a seed derived from p. Step s therefore consumes exactly the
+derived from e (file order, then a shuffle of `shuffle_buffer`-record windows), and the
+example at position p is augmented with a seed derived from p. Step s therefore consumes exactly the
 examples at positions [s * B, (s + 1) * B) of each stream (per pipeline), and a run
 resumed at step s rebuilds its streams from those positions: it sees the same examples
-with the same augmentation as a run that never stopped. Rebuilding reads, without
-decoding, the records of the current epoch that precede the position (`Dataset.skip`);
+with the same augmentation as a run that never stopped. Rebuilding reads and parses,
+without decoding images, the records of the current epoch that precede the position
+(`Dataset.skip` before the augmentation);
 `--resume_input=reseed` skips nothing and starts a fresh permutation derived from the
 step instead (no replay cost, not bit-identical).
 """
@@ -36,8 +37,9 @@ def shuffle_windows(records, window, seed):
 
     tf.data's shuffle buffer takes only a Python seed, so inside a per-epoch function it
     would repeat one permutation every epoch; this stateless window shuffle takes a tensor
-    seed. With the per-epoch file order and the interleave across files it mixes as a
-    buffer of the same size would, at the same memory (one window of encoded records).
+    seed. With the per-epoch file order and the interleave across files, a window the size
+    of a shuffle buffer mixes records as locally as the buffer would, at the same memory
+    (one window of encoded records).
     """
 
     def permute(index, batch):

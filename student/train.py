@@ -60,7 +60,7 @@ _HELP = {
     "ema_decay": "Decay of the weight EMA used for eval and export; 0 turns the EMA off.",
     "randaugment_magnitude": "Override of the model size's RandAugment magnitude (paper scale, 10 or 15).",
     "randaugment_layers": "Override of the number of RandAugment ops per image (0 turns it off).",
-    "shuffle_buffer": "Records in each stream's shuffle buffer.",
+    "shuffle_buffer": "Records per shuffle window of each input stream (see student/inputs.py).",
     "eval_batch_size": "Global eval batch.",
     "eval_every": "Evaluate the EMA weights every N steps (0: only at the end).",
     "checkpoint_every": "Checkpoint every N steps.",
@@ -95,7 +95,8 @@ def _worker_id(strategy):
     if resolver is None or not resolver.task_type or isinstance(strategy, tf.distribute.TPUStrategy):
         return None
     has_chief = "chief" in resolver.cluster_spec().as_dict()
-    chief = resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+    chief = resolver.task_type == "chief" or (
+        not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
     return None if chief else f"{resolver.task_type}-{resolver.task_id}"
 
 
