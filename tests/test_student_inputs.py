@@ -43,6 +43,13 @@ def test_each_replica_gets_its_share_of_both_parts(builder):
     assert batch["labeled_images"].shape[0] == 1 and batch["pseudo_images"].shape[0] == 3
 
 
+def test_input_pipelines_of_a_multi_host_job_read_different_examples(builder):
+    first, second = (next(iter(builder.train_dataset(context(replicas=2, pipelines=2, pipeline=index))))
+                     for index in (0, 1))
+    assert first["labeled_images"].shape[0] == 1 and first["pseudo_images"].shape[0] == 3
+    assert not np.array_equal(first["pseudo_images"].numpy(), second["pseudo_images"].numpy())
+
+
 def test_each_epoch_visits_every_labeled_record_once(builder):
     stream = inputs.example_stream(*builder.labeled_source.records(), start_position=0,
                                    seed=tf.constant([0, 0], tf.int64), shuffle_buffer=4)

@@ -24,7 +24,8 @@ def test_a_non_local_model_dir_gets_checkpoints_summaries_model_and_teacher(fold
     # TF's ram:// filesystem stands in for gs://: nothing may assume a local path.
     model_dir = "ram://student-run/model"
     pseudo_glob = write_pseudo_labels("ram://student-run/labels", num_classes=3, num_examples=12)
-    config = TrainConfig(**small_flags(folder, model_dir, pseudo=pseudo_glob, eval=folder, pseudo_ratio=2))
+    config = TrainConfig(**small_flags(folder, model_dir, pseudo=pseudo_glob, eval=folder, pseudo_ratio=2,
+                                       eval_every=2))
     result = train.run(config)
 
     assert result["step"] == 4 and result["eval"]["examples"] == 12
@@ -43,11 +44,15 @@ def test_a_non_local_model_dir_gets_checkpoints_summaries_model_and_teacher(fold
     model = keras.saving.load_model(result["model"])
     assert model.output_shape == (None, 3) and model.dtype_policy.name == "float32"
 
-    tags = set()
-    for path in tf.io.gfile.glob(os.path.join(model_dir, "train", "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            tags.update(value.tag for value in event.summary.value)
-    assert {"loss/labeled", "loss/pseudo", "learning_rate", "images_per_second"} <= tags
+    def scalars(kind):
+        found = set()
+        for path in tf.io.gfile.glob(os.path.join(model_dir, kind, "events.out.tfevents.*")):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                found.update((value.tag, event.step) for value in event.summary.value)
+        return found
+
+    assert {"loss/labeled", "loss/pseudo", "learning_rate", "images_per_second"} == {t for t, _ in scalars("train")}
+    assert {("top_1", 2), ("top_1", 4), ("top_5", 4), ("loss", 4)} <= scalars("eval")  # --eval_every=2
 
     # The same command on the same model_dir finds the run finished and only re-exports.
     assert train.run(TrainConfig(**small_flags(folder, model_dir, pseudo=pseudo_glob, eval=folder,
@@ -75,11 +80,14 @@ def test_the_train_step_compiles_with_xla_and_matches_the_graph_step(folder):
         np.testing.assert_allclose(xla.numpy(), graph.numpy(), rtol=2e-3, atol=2e-5)
 
 
-def test_tfds_imagenet2012_trains_and_evaluates_on_its_validation_split(tmp_path):
+def test_tfds_imagenet2012_trains_and_evaluates_on_its_validation_split_in_bfloat16(tmp_path):
     with tfds.testing.mock_data(num_examples=8):
         config = TrainConfig(**small_flags("tfds:imagenet2012", str(tmp_path / "run"), train_steps=2,
-                                           eval_batch_size=4, randaugment_layers=0))
+                                           eval_batch_size=4, randaugment_layers=0, precision="bfloat16"))
         result = train.run(config)
     assert result["step"] == 2 and result["eval"]["examples"] == 8
+    assert np.isfinite(result["eval"]["loss"])
+    # Trained with bfloat16 compute; exported as a float32 model (variables were float32 throughout).
+    assert keras.saving.load_model(result["model"]).dtype_policy.name == "float32"
     with tf.io.gfile.GFile(os.path.join(result["teacher"], "teacher.json")) as f:
         assert json.load(f)["num_classes"] == 1000
