@@ -26,7 +26,7 @@ h1 { margin: 24px 0 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd;
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 16px; align-items: start; }
 svg.chart { max-width: 100%; height: auto; } table { border-collapse: collapse; margin: 8px 0; }
 td, th { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; vertical-align: top; }
-td.text, th.text { text-align: left; } td.name { max-width: 280px; overflow-wrap: anywhere; } th { background: #f6f7f9; position: sticky; top: 0; }
+td.text, th.text { text-align: left; } td.name { min-width: 9em; max-width: 280px; overflow-wrap: anywhere; } th { background: #f6f7f9; position: sticky; top: 0; }
 th[data-type] { cursor: pointer; } th[aria-sort="ascending"]::after { content: " \\25B2"; }
 th[aria-sort="descending"]::after { content: " \\25BC"; } tr.current td { background: #fdecec; font-weight: 600; }
 .bar { display: inline-block; height: 10px; background: #3467b0; vertical-align: middle; }
@@ -225,7 +225,7 @@ def _class_section(summary, max_chart_classes):
                ("mean conf.", "number"), ("p10", "number"), ("p50", "number"), ("p90", "number")]
     with_holdout = bool(summary.get("holdout"))
     if with_holdout:
-        columns += [("holdout images", "number"), ("holdout accuracy", "number")]
+        columns += [("holdout images", "number"), ("holdout acc.", "number")]
     body = []
     for row in rows:
         quantiles = row.get("confidence_quantiles") or []

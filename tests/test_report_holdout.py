@@ -100,7 +100,7 @@ def test_report_with_holdout(teacher_directory, holdout_folder, tmp_path):
     assert summary["holdout"]["evaluated"] == 12
     assert "holdout" in text and "ECE (15 bins)" in text
     page = output.read_text()
-    assert "Holdout calibration" in page and page.count("<svg") == 6 and "holdout accuracy</th>" in page
+    assert "Holdout calibration" in page and page.count("<svg") == 6 and "holdout acc.</th>" in page
     assert any("but teacher feedfacecafe0001 labeled this run" in warning for warning in summary["warnings"])
     by_class = {row["class"]: row for row in summary["per_class"]}
     assert by_class[0]["holdout_images"] == 4 and by_class[5]["holdout_images"] == 0
