@@ -174,11 +174,18 @@ def class_chart(rows, title="Per-class counts and confidence"):
     width = label_width + counts_width + gap + confidence_width + RIGHT
     height = TOP + row_height * len(rows) + 34
     largest = max([max(row.get("labeled") or 0, row.get("written") or 0) for row in rows] + [1])
-    count_x = lambda value: label_width + value / largest * counts_width  # noqa: E731
     confidence_left = label_width + counts_width + gap
-    confidence_x = lambda value: confidence_left + value * confidence_width  # noqa: E731
-    body = [_text(label_width, TOP - 10, "labeled / kept / +duplicates", anchor="start", size=10),
-            _text(confidence_left, TOP - 10, "mean confidence (10-90% range)", anchor="start", size=10)]
+
+    def count_x(value):
+        return label_width + value / largest * counts_width
+
+    def confidence_x(value):
+        return confidence_left + value * confidence_width
+
+    body = [_text(confidence_left, TOP - 10, "mean confidence (10-90% range)", anchor="start", size=10)]
+    for index, (name, color) in enumerate([("labeled", GREY), ("kept", BLUE), ("duplicates", ORANGE)]):
+        body.append(f'<rect x="{label_width + 90 * index}" y="{TOP - 19}" width="10" height="10" fill="{color}"/>')
+        body.append(_text(label_width + 90 * index + 14, TOP - 10, name, anchor="start", size=10))
     for index, row in enumerate(rows):
         y = TOP + index * row_height
         label = f"{row['class']}: {row['name']}"
