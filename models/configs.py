@@ -20,6 +20,12 @@ IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # the averaged statistics come from the EMA. Under Keras, momentum 0 would leave the
 # statistics of the last batch alone; 0.9 (the reference's default MOVING_AVERAGE_DECAY
 # for ResNets trained without EMA) keeps them a moving average by themselves.
+# The reference's eval crop pads by 32 px at every size (0.83 of the side at 160 px).
+REFERENCE_CROP_PADDING = 32
+# Small members keep the reference's crop fraction at 224 px, 224 / (224 + 32) = 0.875,
+# rather than its 32 px padding, which at 32 px would keep only the central half of the side.
+SMALL_CROP_FRACTION = 224 / 256
+
 REFERENCE_BN_MOMENTUM = 0.0
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -54,6 +60,8 @@ class ModelConfig:
     bn_epsilon: float = BN_EPSILON
     mean_rgb: tuple = IMAGENET_MEAN_RGB
     stddev_rgb: tuple = IMAGENET_STDDEV_RGB
+    # Eval centre crop keeps image_size / (image_size + crop_padding) of the shorter side.
+    crop_padding: int = REFERENCE_CROP_PADDING
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -99,6 +107,7 @@ _SMALL = [
         randaugment_magnitude=10,
         stem_filters=(8, 8, 16),
         stage_filters=(16, 32, 64, 128),
+        crop_padding=round(32 / SMALL_CROP_FRACTION - 32),
     ),
     ModelConfig(
         name="resnet_rs_small",
@@ -110,6 +119,7 @@ _SMALL = [
         randaugment_magnitude=10,
         stem_filters=(16, 16, 32),
         stage_filters=(32, 64, 128, 256),
+        crop_padding=round(64 / SMALL_CROP_FRACTION - 64),
     ),
 ]
 

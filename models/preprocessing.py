@@ -11,7 +11,7 @@ resize to `image_size`. Works eagerly and inside tf.data / tf.function.
 
 import tensorflow as tf
 
-CROP_PADDING = 32
+CROP_PADDING = 32  # the reference's; each ModelConfig carries its own (`crop_padding`)
 
 
 def decode_image(image_bytes):
@@ -51,5 +51,5 @@ def normalize(images, mean_rgb, stddev_rgb):
 
 def eval_transform(image, cfg):
     """Decoded uint8 image (H, W, 3) or batch (N, H, W, 3) -> normalised float32 model input."""
-    image = center_crop_and_resize(image, cfg.eval_image_size)
+    image = center_crop_and_resize(image, cfg.eval_image_size, cfg.crop_padding)
     return normalize(image, cfg.mean_rgb, cfg.stddev_rgb)

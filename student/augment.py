@@ -99,28 +99,28 @@ class SeededRandAugment(keras.layers.RandAugment):
             self._set_example_seeds(None)
 
 
-def _crop_window(image_shape, seed):
+def _crop_window(image_shape, seed, area_range):
     whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4])
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         image_shape, bounding_boxes=whole_image, seed=seed, min_object_covered=CROP_MIN_OBJECT_COVERED,
-        aspect_ratio_range=CROP_ASPECT_RATIO_RANGE, area_range=CROP_AREA_RANGE, max_attempts=CROP_MAX_ATTEMPTS,
+        aspect_ratio_range=CROP_ASPECT_RATIO_RANGE, area_range=area_range, max_attempts=CROP_MAX_ATTEMPTS,
         use_image_if_no_bounding_boxes=True)
     offset_y, offset_x, _ = tf.unstack(begin)
     height, width, _ = tf.unstack(size)
     return offset_y, offset_x, height, width
 
 
-def random_crop(image_bytes, seed):
+def random_crop(image_bytes, seed, area_range=CROP_AREA_RANGE):
     """Encoded image -> uint8 (h, w, 3): an Inception-style random crop of it."""
 
     def jpeg():
         # Decoding only the window skips most of the IDCT work on large photos.
-        offset_y, offset_x, height, width = _crop_window(tf.io.extract_jpeg_shape(image_bytes), seed)
+        offset_y, offset_x, height, width = _crop_window(tf.io.extract_jpeg_shape(image_bytes), seed, area_range)
         return tf.io.decode_and_crop_jpeg(image_bytes, tf.stack([offset_y, offset_x, height, width]), channels=3)
 
     def other_format():
         image = preprocessing.decode_image(image_bytes)
-        offset_y, offset_x, height, width = _crop_window(tf.shape(image), seed)
+        offset_y, offset_x, height, width = _crop_window(tf.shape(image), seed, area_range)
         return tf.image.crop_to_bounding_box(image, offset_y, offset_x, height, width)
 
     image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other_format)
@@ -128,12 +128,19 @@ def random_crop(image_bytes, seed):
     return image
 
 
-def train_transform(image_bytes, seed, model_config, randaugment=None):
-    """Encoded image + per-example seed -> normalised float32 (S, S, 3) at the train size."""
+def train_transform(image_bytes, seed, model_config, randaugment=None, crop_min_area=CROP_AREA_RANGE[0],
+                    flip=True):
+    """Encoded image + per-example seed -> normalised float32 (S, S, 3) at the train size.
+
+    `crop_min_area` and `flip` are the paper's (0.08, True) by default; images whose label
+    depends on position or orientation (digits, text) need a larger crop and no flip.
+    """
     crop_seed, flip_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     size = model_config.train_image_size
-    image = tf.image.resize(random_crop(image_bytes, crop_seed), [size, size], method="bicubic")
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    image = tf.image.resize(random_crop(image_bytes, crop_seed, (crop_min_area, 1.0)), [size, size],
+                            method="bicubic")
+    if flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     # RandAugment's ops expect pixel values; bicubic overshoot is clipped and rounded as a decoded image would be.
     image = tf.round(tf.clip_by_value(image, 0.0, 255.0))
     if randaugment is not None:

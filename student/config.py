@@ -62,6 +62,8 @@ class TrainConfig:
     ema_decay: float = 0.9999
     randaugment_magnitude: int = None  # None: the model size's magnitude from models.config
     randaugment_layers: int = None
+    crop_min_area: float = 0.08  # Inception crop: 8-100% of the image area
+    random_flip: bool = True
     shuffle_buffer: int = 16384
     eval_batch_size: int = 1024
     eval_every: int = 0  # steps; 0 evaluates once, at the end
@@ -149,6 +151,7 @@ def validate(config):
     _require(config.weight_decay >= 0, "weight_decay", "must be >= 0.")
     _require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1).")
     _require(0 <= config.ema_decay < 1, "ema_decay", "must be in [0, 1).")
+    _require(0 < config.crop_min_area <= 1, "crop_min_area", f"must be in (0, 1], got {config.crop_min_area}.")
     _require(config.labeled_examples is None or config.labeled_examples > 0, "labeled_examples", "must be positive.")
     _require(config.num_classes is None or config.num_classes > 1, "num_classes", "must be at least 2.")
     for flag in ("shuffle_buffer", "eval_batch_size", "checkpoint_every", "keep_checkpoints", "log_every",

@@ -103,7 +103,7 @@ class InputBuilder:
                                              message=f"label outside [0, {num_classes}) in --labeled")
             with tf.control_dependencies([check, tf.debugging.assert_non_negative(label)]):
                 image = augment.train_transform(record["image"], _fold(seed, position), self.model_config,
-                                                randaugment)
+                                                randaugment, self.config.crop_min_area, self.config.random_flip)
             return image, tf.cast(label, tf.int32)
 
         stream = example_stream(records_for_epoch, num_records, self.start_position(start_step, examples_per_step),
@@ -119,7 +119,8 @@ class InputBuilder:
         randaugment = augment.make_randaugment(self.model_config)
 
         def transform(position, record):
-            image = augment.train_transform(record["image"], _fold(seed, position), self.model_config, randaugment)
+            image = augment.train_transform(record["image"], _fold(seed, position), self.model_config, randaugment,
+                                            self.config.crop_min_area, self.config.random_flip)
             return image, pseudo.soft_targets(record, self.num_classes, self.config.hard_pseudo_labels)
 
         stream = example_stream(records_for_epoch, num_records, self.start_position(start_step, examples_per_step),

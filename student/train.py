@@ -60,6 +60,8 @@ _HELP = {
     "ema_decay": "Decay of the weight EMA used for eval and export; 0 turns the EMA off.",
     "randaugment_magnitude": "Override of the model size's RandAugment magnitude (paper scale, 10 or 15).",
     "randaugment_layers": "Override of the number of RandAugment ops per image (0 turns it off).",
+    "crop_min_area": "Smallest area fraction of the Inception-style random crop (paper: 0.08).",
+    "random_flip": "Random horizontal flips (off for images whose class depends on orientation).",
     "shuffle_buffer": "Records per shuffle window of each input stream (see student/inputs.py).",
     "eval_batch_size": "Global eval batch.",
     "eval_every": "Evaluate the EMA weights every N steps (0: only at the end).",

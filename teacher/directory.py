@@ -76,7 +76,7 @@ def export(model, model_name, output, class_names=None, source="training-run", r
         raise TeacherError(f"{len(names)} class names for a model with {num_classes} classes.")
     description = {"model_name": model_name, "num_classes": num_classes, "class_names": names,
                    "eval_image_size": cfg.eval_image_size, "mean_rgb": cfg.mean_rgb,
-                   "stddev_rgb": cfg.stddev_rgb, "crop_padding": preprocessing.CROP_PADDING}
+                   "stddev_rgb": cfg.stddev_rgb, "crop_padding": cfg.crop_padding}
     meta = metadata_lib.TeacherMetadata(
         **description, teacher_id=metadata_lib.content_hash(model, description), source=source,
         random_init=random_init, created=metadata_lib.now())
