@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 CHROMIUM := $(VENV)/.chromium
 
-.PHONY: demo test clean
+.PHONY: demo test bench clean
 
 $(INSTALLED): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ $(CHROMIUM): | $(INSTALLED)
 
 test: $(INSTALLED) $(CHROMIUM)
 	$(BIN)/python -m pytest tests
+
+# The headline measurements (labeling job, forward FLOP/s, student input, memory), in one run.
+bench: $(INSTALLED)
+	$(BIN)/python -m benchmarks --output=out/bench.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -1,74 +1,169 @@
-"""`make demo`: the largest real piece of the project that exists, on embedded defaults.
+"""`make demo`: the whole self-training loop, offline, on real handwritten digits.
 
-Builds resnet_rs_50 as the paper sizes it, reports its parameters and FLOPs, runs the
-shared eval transform on real photos that ship with scikit-image, and runs the forward
-pass in float32 and bfloat16 (XLA-compiled), with measured throughput. No weights can be
-downloaded here, so the model is randomly initialised and its class indices mean nothing
-yet; the numbers that matter are shapes, costs, and fp32/bf16 agreement.
+scikit-learn ships 1,797 real 8x8 scans of handwritten digits. They become 32 px PNG files:
+a test set (30%), a small labeled set (10% of the rest) and an unlabeled set (the other
+90%, labels hidden). Then every step runs the product's own entry point, as a user would:
+
+  1. python -m student.train     the teacher, supervised, on the labeled set
+  2. python -m pipeline.label    the teacher labels the unlabeled folder (DirectRunner)
+  3. python -m pipeline.report   the confidence report, with the test set as holdout
+  4. python -m student.train     a noised student on labeled + pseudo-labeled mixed batches
+  5. steps 2 and 4 again with student 1 as the teacher (student 2)
+
+and prints test accuracy of teacher, student 1 and student 2, and the pseudo-labels'
+accuracy against the hidden labels. Every run's files stay under --workdir.
 """
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # also quiets the steps, which inherit it
 
 import numpy as np  # noqa: E402
-import skimage.data  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
 
-import models  # noqa: E402
-from models import preprocessing, profiling  # noqa: E402
+from demo import recipe  # noqa: E402
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "immunohistochemistry")
+TEST_FRACTION = 0.3
+LABELED_FRACTION = 0.1
+IMAGE_SIZE = 32
 
 
-def load_photos():
-    """Real photos bundled with scikit-image, as (name, uint8 RGB array)."""
-    for name in PHOTOS:
-        image = getattr(skimage.data, name)()
-        if image.ndim == 2:  # grayscale photo ("camera"): the model expects RGB
-            image = np.stack([image] * 3, axis=-1)
-        yield name, image[..., :3]
+def materialise_digits(root, seed=0):
+    """Writes labeled/, test/ (one folder per class), unlabeled/ and the hidden labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(seed).permutation(len(digits.images))
+    test_count = int(round(TEST_FRACTION * len(order)))
+    test, train = order[:test_count], order[test_count:]
+    labeled_count = int(round(LABELED_FRACTION * len(train)))
+    # Stratified labeled subset: the same number of scans of every digit (as far as possible).
+    by_class = {c: [i for i in train if digits.target[i] == c] for c in range(10)}
+    labeled, rank = [], 0
+    while len(labeled) < labeled_count:
+        labeled += [by_class[c][rank] for c in range(10) if rank < len(by_class[c])][:labeled_count - len(labeled)]
+        rank += 1
+    unlabeled = sorted(set(train) - set(labeled))
+
+    def write(index, path):
+        scan = (digits.images[index] * (255.0 / 16.0)).astype(np.uint8)
+        Image.fromarray(scan).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC).save(path)
+
+    for split, indices in (("labeled", labeled), ("test", test)):
+        for c in range(10):
+            os.makedirs(os.path.join(root, split, f"digit_{c}"), exist_ok=True)
+        for index in indices:
+            write(index, os.path.join(root, split, f"digit_{digits.target[index]}", f"scan_{index:04d}.png"))
+    os.makedirs(os.path.join(root, "unlabeled"), exist_ok=True)
+    hidden = {}
+    for index in unlabeled:
+        name = f"scan_{index:04d}.png"
+        write(index, os.path.join(root, "unlabeled", name))
+        hidden[name] = int(digits.target[index])
+    with open(os.path.join(root, "hidden_labels.json"), "w") as handle:
+        json.dump(hidden, handle)
+    return {"labeled": len(labeled), "unlabeled": len(unlabeled), "test": len(test)}
+
+
+def run_step(title, module, *flags):
+    """Runs `python -m module flags...` like a user, showing its last lines; fails loudly."""
+    start = time.perf_counter()
+    print(f"\n== {title}\n$ python -m {module} " + " ".join(flags), flush=True)
+    result = subprocess.run([sys.executable, "-m", module, *flags], capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    for line in lines[-4:]:
+        print(f"   {line[:160]}")
+    if result.returncode != 0:
+        sys.exit(f"{module} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
+    return result.stdout
+
+
+def test_accuracy(model_dir):
+    with open(os.path.join(model_dir, "eval_results.json")) as handle:
+        return json.load(handle)["eval"]["top_1"]
+
+
+def pseudo_label_accuracy(labels_dir, hidden_labels, class_names):
+    """Share of the KEPT pseudo-labels (duplicates counted once) whose top-1 is the hidden digit."""
+    from pipeline import records
+
+    with open(os.path.join(labels_dir, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    correct = total = 0
+    for name in manifest["files"]["train"]:
+        for payload in records.read_tfrecords(os.path.join(labels_dir, name)):
+            record = records.parse_example(payload)
+            if record["label/copy_index"]:
+                continue
+            truth = hidden_labels[os.path.basename(record["image/source_uri"])]
+            correct += class_names[int(record["label/top_k_indices"][0])] == f"digit_{truth}"
+            total += 1
+    return correct / max(total, 1), total, manifest["counts"]
+
+
+def label_and_train(workdir, teacher_run, round_index, sizes, steps):
+    labels = os.path.join(workdir, f"labels_round{round_index}")
+    run_step(f"label the unlabeled scans with {os.path.basename(teacher_run)}", "pipeline.label",
+             f"--teacher={teacher_run}/teacher", f"--input={workdir}/data/unlabeled/*", f"--output={labels}",
+             *recipe.label_flags(sizes["unlabeled"]), "--overwrite")
+    student_run = os.path.join(workdir, f"student{round_index}")
+    run_step(f"train student {round_index} on labeled + pseudo-labeled mixed batches", "student.train",
+             *recipe.train_flags(workdir, student_run, sizes["labeled"], steps, pseudo=f"{labels}/train-*.tfrecord"))
+    return labels, student_run
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet_rs_50", choices=sorted(models.CONFIGS))
-    parser.add_argument("--seconds", type=float, default=8.0, help="timing budget per precision")
+    parser.add_argument("--workdir", default="out/demo", help="Where data, runs, labels and the report go.")
+    parser.add_argument("--rounds", type=int, default=2, help="Students trained in turn (each teaches the next).")
+    parser.add_argument("--teacher_steps", type=int, default=recipe.TEACHER_STEPS)
+    parser.add_argument("--student_steps", type=int, default=recipe.STUDENT_STEPS)
+    parser.add_argument("--require_improvement", action=argparse.BooleanOptionalAction, default=True,
+                        help="Fail unless student 1 beats its teacher on the test set.")
     args = parser.parse_args()
+    workdir = os.path.abspath(args.workdir)
+    if os.path.exists(workdir):
+        import shutil
 
-    cfg = models.config(args.model)
-    size = cfg.eval_image_size
-    print(f"== {cfg.name}: blocks {cfg.block_counts}, image {size}px, dropout {cfg.dropout_rate}, "
-          f"stochastic depth {cfg.stochastic_depth_rate}, RandAugment 2x{cfg.randaugment_magnitude}")
+        shutil.rmtree(workdir)
     start = time.perf_counter()
-    fp32 = models.create(args.model)
-    bf16 = models.create(args.model, dtype_policy="mixed_bfloat16")
-    bf16.set_weights(fp32.get_weights())
-    print(f"built in {time.perf_counter() - start:.1f}s: {fp32.count_params():,} parameters, "
-          f"{profiling.count_flops(fp32, size) / 1e9:.2f} GFLOPs per image at {size}px")
+    sizes = materialise_digits(os.path.join(workdir, "data"))
+    print(f"digits: {sizes['labeled']} labeled, {sizes['unlabeled']} unlabeled (labels hidden), "
+          f"{sizes['test']} test scans at {IMAGE_SIZE} px in {workdir}/data")
+    with open(os.path.join(workdir, "data", "hidden_labels.json")) as handle:
+        hidden = json.load(handle)
+    class_names = sorted(os.listdir(os.path.join(workdir, "data", "labeled")))
 
-    names, photos = zip(*load_photos())
-    batch = tf.stack([preprocessing.eval_transform(photo, cfg) for photo in photos])
-    forward = {
-        "float32": tf.function(lambda x: fp32(x, training=False), jit_compile=True),
-        "bfloat16": tf.function(lambda x: bf16(x, training=False), jit_compile=True),
-    }
-    probabilities = {k: tf.nn.softmax(f(batch)).numpy() for k, f in forward.items()}
-    print(f"\n{'photo':<22}{'size':>10}  top-3 classes fp32 (prob)             bf16 top-1")
-    for i, (name, photo) in enumerate(zip(names, photos)):
-        top = np.argsort(-probabilities["float32"][i])[:3]
-        shown = ", ".join(f"{c:>3} ({probabilities['float32'][i, c]:.4f})" for c in top)
-        same = "same" if np.argmax(probabilities["bfloat16"][i]) == top[0] else "differs"
-        print(f"{name:<22}{photo.shape[0]:>4}x{photo.shape[1]:<5}  {shown}   {same}")
-    gap = np.abs(probabilities["float32"] - probabilities["bfloat16"]).max()
-    print(f"max |p_fp32 - p_bf16| = {gap:.2e} (random init: near-uniform over 1000 classes)")
+    teacher_run = os.path.join(workdir, "teacher")
+    run_step("train the teacher on the labeled scans only", "student.train",
+             *recipe.train_flags(workdir, teacher_run, sizes["labeled"], args.teacher_steps))
+    rows = [("teacher (labeled only)", test_accuracy(teacher_run), None)]
+    for round_index in range(1, args.rounds + 1):
+        labels, student_run = label_and_train(workdir, teacher_run, round_index, sizes, args.student_steps)
+        if round_index == 1:
+            run_step("render the label confidence report (test set as holdout)", "pipeline.report",
+                     f"--labels={labels}", f"--output={workdir}/report.html", f"--holdout={workdir}/data/test",
+                     "--format=text")
+        accuracy, kept, counts = pseudo_label_accuracy(labels, hidden, class_names)
+        rows.append((f"student {round_index}", test_accuracy(student_run), (accuracy, kept, counts)))
+        teacher_run = student_run
 
-    print(f"\nforward throughput, batch 16, {size}px, XLA:")
-    for precision, model in (("float32", fp32), ("bfloat16", bf16)):
-        rate = profiling.forward_throughput(model, size, batch_size=16, seconds=args.seconds)
-        print(f"  {precision:<9} {rate:7.1f} images/s")
+    print(f"\n{'model':<24}{'test top-1':>11}   pseudo-labels it was trained on")
+    for name, accuracy, labels in rows:
+        detail = "" if labels is None else (
+            f"{labels[0]:.3f} correct of {labels[1]} kept ({labels[2]['below_threshold']} below threshold, "
+            f"{labels[2]['duplicates']} duplicates for balance)")
+        print(f"{name:<24}{accuracy:>11.4f}   {detail}")
+    print(f"\nreport: {workdir}/report.html   total {time.perf_counter() - start:.0f} s")
+    teacher_accuracy, student_accuracy = rows[0][1], rows[1][1]
+    if args.require_improvement and student_accuracy <= teacher_accuracy:
+        sys.exit(f"student 1 ({student_accuracy:.4f}) did not beat its teacher ({teacher_accuracy:.4f}).")
 
 
 if __name__ == "__main__":

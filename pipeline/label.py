@@ -104,10 +104,17 @@ def run(argv=None, test_pipeline=None):
 
 
 def main():
+    argv = sys.argv[1:]
     try:
-        run()
+        settings, _ = options.parse(argv)
+        run(argv)
     except UsageError as error:
         sys.exit(f"pipeline.label: {error}")
+    manifest = commit.read_manifest(settings.output)
+    if manifest:  # absent after a --dry_run, or while a non-blocking runner's job is still running
+        counts = ", ".join(f"{name} {value}" for name, value in manifest["counts"].items())
+        print(f"labeling run {manifest['run_id']} by teacher {manifest['teacher']['teacher_id']}: {counts}\n"
+              f"-> {settings.output} (manifest.json, stats.json, {len(manifest['files']['train'])} train shards)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""`make bench`: the project's four headline figures, measured in one run on this machine.
+
+  python -m benchmarks [--output=out/bench.json] [--label_images=512] [--memory_sizes=1000,10000,50000]
+
+(a) labeling job images/s against the bare teacher's predict on the same photos (ratio);
+(b) bare forward FLOP/s of resnet_rs_50 at 160 px, float32 and bfloat16;
+(c) student training images/s with real input (TFRecords + RandAugment) against the same
+    step on synthetic in-memory tensors (ratio);
+(d) peak RSS of the labeling job over 1k, 10k and 50k small images.
+Ratios compare two sides measured in the same run; absolute numbers depend on the machine
+and on what else runs on it. Prints a table and writes every number to a JSON file.
+"""
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import models  # noqa: E402
+from benchmarks import label_job, student_throughput  # noqa: E402
+from models import profiling  # noqa: E402
+from teacher import predictor  # noqa: E402
+
+
+def forward_flops(model_name, batch_size, seconds):
+    """Achieved FLOP/s of the bare forward pass, compiled the way the teacher compiles it."""
+    size = models.config(model_name).train_image_size
+    flops_per_image = profiling.count_flops(models.create(model_name), size)
+    rows = {}
+    for precision, policy in (("float32", None), ("bfloat16", "mixed_bfloat16")):
+        model = models.create(model_name, dtype_policy=policy)
+        jit = predictor.default_jit_compile(precision)
+        rate = profiling.forward_throughput(model, size, batch_size=batch_size, seconds=seconds, jit_compile=jit)
+        rows[precision] = {"images_per_s": round(rate, 2), "gflop_per_s": round(rate * flops_per_image / 1e9, 1),
+                           "xla": jit}
+    return {"model": model_name, "image_size": size, "gflops_per_image": round(flops_per_image / 1e9, 3),
+            "batch_size": batch_size, **rows}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="out/bench.json")
+    parser.add_argument("--label_model", default="resnet_rs_50")
+    parser.add_argument("--label_images", type=int, default=512)
+    parser.add_argument("--memory_sizes", default="1000,10000,50000")
+    parser.add_argument("--seconds", type=float, default=15.0, help="timing budget per measured side")
+    args = parser.parse_args()
+
+    results = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}}
+    with tempfile.TemporaryDirectory() as workdir:
+        results["labeling_job"] = label_job.throughput(args.label_model, args.label_images, 32,
+                                                       os.path.join(workdir, "throughput"))
+    results["forward"] = forward_flops("resnet_rs_50", 16, args.seconds)
+    results["student"] = student_throughput.measure("resnet_rs_small", 8, 3, args.seconds, True)
+    with tempfile.TemporaryDirectory() as workdir:
+        results["labeling_memory"] = label_job.peak_memory(
+            [int(size) for size in args.memory_sizes.split(",") if size], workdir)
+
+    job, forward, student = results["labeling_job"], results["forward"], results["student"]
+    print(f"\n{'figure':<58}{'measured':>30}")
+    print(f"{'(a) labeling job vs bare teacher, ' + args.label_model:<58}"
+          f"{job['job_images_per_s']:>9.1f} vs {job['bare_teacher_images_per_s']:.1f} img/s = {job['job_over_bare']:.2f}")
+    for precision in ("float32", "bfloat16"):
+        row = forward[precision]
+        print(f"{'(b) resnet_rs_50 forward at 160 px, ' + precision:<58}"
+              f"{row['gflop_per_s']:>9.1f} GFLOP/s ({row['images_per_s']:.1f} img/s)")
+    print(f"{'(c) student training, real input vs synthetic, resnet_rs_small':<58}"
+          f"{student['real_images_per_s']:>9.1f} vs {student['synthetic_images_per_s']:.1f} img/s = {student['ratio']:.2f}")
+    for row in results["labeling_memory"]:
+        print(f"{'(d) labeling job peak RSS, ' + format(row['images'], ',') + ' images':<58}"
+              f"{row['peak_rss_mb']:>9.0f} MB ({row['images_per_s']:.0f} img/s)")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as handle:
+        json.dump(results, handle, indent=2)
+    print(f"\n-> {args.output}")
+
+
+if __name__ == "__main__":
+    main()

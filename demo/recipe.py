@@ -1,0 +1,38 @@
+"""The demo's training and labeling settings: the paper's recipe, shrunk to 32 px digits.
+
+What changes from the ImageNet recipe, and why:
+- resnet_rs_tiny (same blocks, 1 per stage, narrow) at 32 px: the scans are 8x8 upsampled.
+- Steps instead of epochs: a few hundred steps of batch 32 labeled images (+3x pseudo).
+- EMA decay 0.99 instead of 0.9999: with 0.9999 an average over a few hundred steps would
+  still be mostly the initial weights (Keras' EMA has no num_updates warm-up).
+- A larger base learning rate (0.4 per 256 instead of 0.1): short schedules need it.
+- Milder input noise: crops of at least 50% of the scan (not 8%), no horizontal flip (a
+  flipped digit is another symbol), RandAugment magnitude 5 (not 10): at 32 px the
+  paper's ranges erase the digit rather than perturb it.
+The student is as large as the teacher and noised (RandAugment, dropout, stochastic depth
+from models.config), as in Noisy Student's equal-size iterations.
+"""
+
+MODEL = "resnet_rs_tiny"
+BATCH_SIZE = 32
+TEACHER_STEPS = 800
+STUDENT_STEPS = 800
+PSEUDO_RATIO = 3
+
+
+def train_flags(workdir, model_dir, labeled_count, steps, pseudo=None):
+    flags = [f"--model={MODEL}", f"--labeled={workdir}/data/labeled", f"--eval={workdir}/data/test",
+             f"--model_dir={model_dir}", f"--batch_size={BATCH_SIZE}", f"--train_steps={steps}",
+             "--warmup_epochs=5", "--base_learning_rate=0.4", "--ema_decay=0.99", "--eval_batch_size=64",
+             f"--checkpoint_every={steps}", f"--log_every={max(1, steps // 4)}", "--shuffle_buffer=2048",
+             f"--labeled_examples={labeled_count}", "--crop_min_area=0.5", "--norandom_flip",
+             "--randaugment_magnitude=5"]
+    if pseudo:
+        flags += [f"--pseudo={pseudo}", f"--pseudo_ratio={PSEUDO_RATIO}"]
+    return flags
+
+
+def label_flags(unlabeled_count):
+    # Noisy Student: confidence threshold 0.3, then balance every class to the same count.
+    return ["--min_confidence=0.3", f"--per_class={unlabeled_count // 10}", "--num_shards=4",
+            "--max_batch_size=64"]
