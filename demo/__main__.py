@@ -107,11 +107,11 @@ def pseudo_label_accuracy(labels_dir, hidden_labels, class_names):
     return correct / max(total, 1), total, manifest["counts"]
 
 
-def label_and_train(workdir, teacher_run, round_index, sizes, steps):
+def label_and_train(workdir, teacher_run, round_index, sizes, steps, min_confidence):
     labels = os.path.join(workdir, f"labels_round{round_index}")
     run_step(f"label the unlabeled scans with {os.path.basename(teacher_run)}", "pipeline.label",
              f"--teacher={teacher_run}/teacher", f"--input={workdir}/data/unlabeled/*", f"--output={labels}",
-             *recipe.label_flags(sizes["unlabeled"]), "--overwrite")
+             *recipe.label_flags(sizes["unlabeled"], min_confidence), "--overwrite")
     student_run = os.path.join(workdir, f"student{round_index}")
     run_step(f"train student {round_index} on labeled + pseudo-labeled mixed batches", "student.train",
              *recipe.train_flags(workdir, student_run, sizes["labeled"], steps, pseudo=f"{labels}/train-*.tfrecord"))
@@ -124,6 +124,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="Students trained in turn (each teaches the next).")
     parser.add_argument("--teacher_steps", type=int, default=recipe.TEACHER_STEPS)
     parser.add_argument("--student_steps", type=int, default=recipe.STUDENT_STEPS)
+    parser.add_argument("--min_confidence", type=float, default=recipe.MIN_CONFIDENCE)
     parser.add_argument("--require_improvement", action=argparse.BooleanOptionalAction, default=True,
                         help="Fail unless student 1 beats its teacher on the test set.")
     args = parser.parse_args()
@@ -145,7 +146,8 @@ def main():
              *recipe.train_flags(workdir, teacher_run, sizes["labeled"], args.teacher_steps))
     rows = [("teacher (labeled only)", test_accuracy(teacher_run), None)]
     for round_index in range(1, args.rounds + 1):
-        labels, student_run = label_and_train(workdir, teacher_run, round_index, sizes, args.student_steps)
+        labels, student_run = label_and_train(workdir, teacher_run, round_index, sizes, args.student_steps,
+                                              args.min_confidence)
         if round_index == 1:
             run_step("render the label confidence report (test set as holdout)", "pipeline.report",
                      f"--labels={labels}", f"--output={workdir}/report.html", f"--holdout={workdir}/data/test",

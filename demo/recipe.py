@@ -18,6 +18,7 @@ BATCH_SIZE = 32
 TEACHER_STEPS = 800
 STUDENT_STEPS = 800
 PSEUDO_RATIO = 3
+MIN_CONFIDENCE = 0.3
 
 
 def train_flags(workdir, model_dir, labeled_count, steps, pseudo=None):
@@ -32,7 +33,7 @@ def train_flags(workdir, model_dir, labeled_count, steps, pseudo=None):
     return flags
 
 
-def label_flags(unlabeled_count):
+def label_flags(unlabeled_count, min_confidence=MIN_CONFIDENCE):
     # Noisy Student: confidence threshold 0.3, then balance every class to the same count.
-    return ["--min_confidence=0.3", f"--per_class={unlabeled_count // 10}", "--num_shards=4",
+    return [f"--min_confidence={min_confidence}", f"--per_class={unlabeled_count // 10}", "--num_shards=4",
             "--max_batch_size=64"]

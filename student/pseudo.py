@@ -120,5 +120,10 @@ def open_pseudo(pattern, labeled_num_classes, flag="pseudo"):
     if teacher_classes != labeled_num_classes:
         raise ConfigError(f"--{flag}: the teacher in {path} labeled {teacher_classes} classes but the labeled data "
                           f"(--labeled) has {labeled_num_classes}; pseudo and labeled targets must share classes.")
+    if not int(manifest["counts"]["written"]):
+        counts = manifest["counts"]
+        raise ConfigError(f"--{flag}: the labeling run in {directory} wrote no records (read "
+                          f"{counts.get('read')}, rejected {counts.get('rejected')}, below --min_confidence "
+                          f"{counts.get('below_threshold')}); there is nothing to co-train on.")
     files = sources.matching_files(pattern, flag)
     return PseudoSource(pattern, files, manifest)

@@ -10,7 +10,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_demo_runs_the_whole_self_training_loop(tmp_path):
     result = subprocess.run([sys.executable, "-m", "demo", f"--workdir={tmp_path / 'demo'}", "--rounds=1",
-                             "--teacher_steps=8", "--student_steps=8", "--no-require_improvement"],
+                             "--teacher_steps=8", "--student_steps=8", "--min_confidence=0",
+                             "--no-require_improvement"],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     output = result.stdout

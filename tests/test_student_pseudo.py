@@ -33,6 +33,14 @@ def test_a_manifest_of_another_schema_is_refused(tmp_path, overrides, message):
         pseudo.open_pseudo(pattern, 3)
 
 
+def test_a_run_that_kept_nothing_is_refused_with_its_counts(tmp_path):
+    counts = {"read": 9, "rejected": 0, "labeled": 9, "below_threshold": 9, "over_cap": 0, "kept": 0,
+              "duplicates": 0, "written": 0}
+    pattern = write_pseudo_labels(str(tmp_path), manifest_overrides={"counts": counts})
+    with pytest.raises(ConfigError, match="wrote no records .*below --min_confidence 9.* nothing to co-train on"):
+        pseudo.open_pseudo(pattern, 3)
+
+
 def test_the_records_give_images_and_renormalised_top_k_targets(tmp_path):
     pattern = write_pseudo_labels(str(tmp_path), num_examples=6, top_k=2)
     source = pseudo.open_pseudo(pattern, 3)
