@@ -50,7 +50,11 @@ def build(pipeline, settings, meta):
         min_batch_size=s.min_batch_size, max_batch_size=s.max_batch_size, precision=s.precision,
         strategy=s.teacher_strategy, tpu=s.tpu, share_across_processes=s.share_model_across_processes)
     labeled = decoded.images | "Label" >> inference.Label(handler)
-    selected = labeled | "Select" >> selection.Select(s.min_confidence, s.per_class, s.balance)
+    # Thumbnails only feed the report's examples (Facts, from `labeled`); selection's join and
+    # the shard writer never need them.
+    without_thumbnails = labeled | "DropThumbnails" >> beam.Map(
+        lambda image: image._replace(image=image.image._replace(thumbnail=b"")))
+    selected = without_thumbnails | "Select" >> selection.Select(s.min_confidence, s.per_class, s.balance)
     rejected = tuple(rejection_sets) | "AllRejections" >> beam.Flatten()
     train_files = selected["written"] | "WriteRecords" >> write.WriteShards(
         staging, records.TRAIN_PREFIX, s.num_shards, records.TRAIN_SUFFIX, True,
