@@ -99,6 +99,7 @@ class Commit(beam.DoFn):
             FileSystems.delete(leftovers)
         if FileSystems.exists(self._staging):
             FileSystems.delete([self._staging])
+        beam.metrics.Metrics.counter("Commit", "runs_committed").inc()
         yield manifest
 
 

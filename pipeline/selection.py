@@ -34,17 +34,45 @@ def copies_per_image(item, per_class, balance):
             yield identity, 1
 
 
+BELOW = "below"
+
+
+class _Threshold(beam.DoFn):
+    """LabeledImage -> itself, or to the `below` output under --min_confidence."""
+
+    def __init__(self, min_confidence):
+        self._min_confidence = min_confidence
+        self._above = beam.metrics.Metrics.counter("Select", "above_threshold")
+        self._below = beam.metrics.Metrics.counter("Select", "below_threshold")
+
+    def process(self, image):
+        if image.confidence >= self._min_confidence:
+            self._above.inc()
+            yield image
+        else:
+            self._below.inc()
+            yield beam.pvalue.TaggedOutput(BELOW, image)
+
+
 class _RouteBySelection(beam.DoFn):
     """Joined (identity, {images, copies}) -> (LabeledImage, copy_index) per written copy,
     or the image to the over_cap output."""
+
+    def __init__(self):
+        self._kept = beam.metrics.Metrics.counter("Select", "kept")
+        self._duplicates = beam.metrics.Metrics.counter("Select", "duplicates")
+        self._over_cap = beam.metrics.Metrics.counter("Select", "over_cap")
 
     def process(self, joined):
         _, grouped = joined
         (image,) = grouped["images"]
         copies = list(grouped["copies"])
         if not copies:
+            self._over_cap.inc()
             yield beam.pvalue.TaggedOutput(OVER_CAP, image)
             return
+        self._kept.inc()
+        self._duplicates.inc(copies[0] - 1)
         for copy_index in range(copies[0]):
             yield image, copy_index
 
@@ -59,9 +87,9 @@ class Select(beam.PTransform):
         self._balance = balance
 
     def expand(self, labeled):
-        minimum = self._min_confidence
-        above, below = labeled | "Threshold" >> beam.Partition(
-            lambda image, _: 0 if image.confidence >= minimum else 1, 2)
+        thresholded = labeled | "Threshold" >> beam.ParDo(_Threshold(self._min_confidence)).with_outputs(
+            BELOW, main="above")
+        above, below = thresholded.above, thresholded[BELOW]
         if not self._per_class:
             written = above | "KeepAll" >> beam.Map(lambda image: (image, 0))
             over_cap = labeled.pipeline | "NothingOverCap" >> beam.Create([])
@@ -77,13 +105,18 @@ class Select(beam.PTransform):
         return {"written": routed.written, "below": below, "over_cap": routed[OVER_CAP]}
 
 
-def _first_uri_wins(item):
-    key, candidates = item
-    ordered = sorted(candidates, key=lambda candidate: candidate.uri)
-    yield ordered[0]
-    for duplicate in ordered[1:]:
-        yield beam.pvalue.TaggedOutput(
-            REJECTED, Rejection(duplicate.uri, f"duplicate: same content as {ordered[0].uri}", "dedup"))
+class _FirstUriWins(beam.DoFn):
+    def __init__(self):
+        self._duplicates = beam.metrics.Metrics.counter("Deduplicate", "duplicates")
+
+    def process(self, item):
+        _, candidates = item
+        ordered = sorted(candidates, key=lambda candidate: candidate.uri)
+        yield ordered[0]
+        for duplicate in ordered[1:]:
+            self._duplicates.inc()
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, Rejection(duplicate.uri, f"duplicate: same content as {ordered[0].uri}", "dedup"))
 
 
 class Deduplicate(beam.PTransform):
@@ -96,4 +129,4 @@ class Deduplicate(beam.PTransform):
         return (candidates
                 | "KeyByContent" >> beam.Map(lambda candidate: (content_key(candidate.data), candidate))
                 | "GroupByContent" >> beam.GroupByKey()
-                | "FirstUriWins" >> beam.FlatMap(_first_uri_wins).with_outputs(REJECTED, main="unique"))
+                | "FirstUriWins" >> beam.ParDo(_FirstUriWins()).with_outputs(REJECTED, main="unique"))

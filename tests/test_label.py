@@ -135,6 +135,23 @@ def test_list_file_and_tfrecord_sources(photo_folder, tiny_teacher, tmp_path):
     assert sorted(r["image/source_uri"] for r in written) == [f"{shard}#{i}" for i in range(3)]
 
 
+def test_every_stage_reports_beam_counters(photo_folder, tiny_teacher, tmp_path):
+    folder, good, _ = photo_folder
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{folder / name}\n" for name in good[:4] + ["empty.jpg", "readme.txt"]))
+    result = _label(tiny_teacher, listing, tmp_path / "out", "--min_confidence=0", "--per_class=1",
+                    "--balance=none")
+    counters = {(c.key.metric.namespace, c.key.metric.name): c.committed
+                for c in result.metrics().query()["counters"]}
+    assert counters[("ReadImages", "read")] == 5 and counters[("ReadImages", "rejected")] == 1
+    assert counters[("Decode", "decoded")] == 4 and counters[("Decode", "rejected")] == 1
+    assert counters[("Select", "above_threshold")] == 4
+    assert counters[("Select", "kept")] + counters[("Select", "over_cap")] == 4
+    assert counters[("WriteRecords", "train_written")] == counters[("Select", "kept")]
+    assert counters[("Commit", "runs_committed")] == 1
+    assert any(namespace == "Label" for namespace, _ in counters), "RunInference's own counters"
+
+
 def test_tfds_source_with_mock_data(tiny_teacher, tmp_path):
     import tensorflow_datasets as tfds
 
