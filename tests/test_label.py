@@ -135,6 +135,18 @@ def test_list_file_and_tfrecord_sources(photo_folder, tiny_teacher, tmp_path):
     assert sorted(r["image/source_uri"] for r in written) == [f"{shard}#{i}" for i in range(3)]
 
 
+def test_dedup_labels_identical_content_once(photo_folder, tiny_teacher, tmp_path):
+    folder, good, bad = photo_folder
+    _label(tiny_teacher, f"{folder}/*", tmp_path / "dedup", "--min_confidence=0", "--dedup")
+    manifest, written, rejected = _read_run(tmp_path / "dedup")
+    # Every photo was saved as NAME.jpg and NAME_upper.JPEG with the same bytes.
+    copies = sorted(name for name in good if name.endswith("_upper.JPEG"))
+    duplicates = sorted(r["uri"].rsplit("/", 1)[1] for r in rejected if r["stage"] == "dedup")
+    assert duplicates == copies and all("same content as" in r["reason"] for r in rejected if r["stage"] == "dedup")
+    assert manifest["counts"]["labeled"] == len(good) - len(copies)
+    assert manifest["counts"]["read"] == manifest["counts"]["rejected"] + manifest["counts"]["labeled"]
+
+
 def test_every_stage_reports_beam_counters(photo_folder, tiny_teacher, tmp_path):
     folder, good, _ = photo_folder
     listing = tmp_path / "inputs.txt"
