@@ -118,20 +118,32 @@ def write_shard(path, payloads, framed):
     return count
 
 
+def read_frames(handle, path):
+    """Streams the payloads of an open TFRecord file, checking both CRCs of every record,
+    without holding the file in memory. Raises ValueError naming `path` on corrupt data."""
+    offset = 0
+    while True:
+        header = handle.read(12)
+        if not header:
+            return
+        if len(header) < 12:
+            raise ValueError(f"{path}: truncated TFRecord header at byte {offset}.")
+        (length,) = struct.unpack("<Q", header[:8])
+        (length_crc,) = struct.unpack("<I", header[8:])
+        if length_crc != _masked_crc32c(header[:8]):
+            raise ValueError(f"{path}: corrupt TFRecord length at byte {offset}.")
+        payload = handle.read(length)
+        footer = handle.read(4)
+        if len(payload) < length or len(footer) < 4:
+            raise ValueError(f"{path}: truncated TFRecord payload at byte {offset}.")
+        if struct.unpack("<I", footer)[0] != _masked_crc32c(payload):
+            raise ValueError(f"{path}: corrupt TFRecord payload at byte {offset}.")
+        yield payload
+        offset += 16 + length
+
+
 def read_tfrecords(path):
     """Yields the payloads of a TFRecord file read through Beam's filesystems (gs:// too)."""
     with FileSystems.open(path, mime_type="application/octet-stream",
                           compression_type="uncompressed") as handle:
-        data = handle.read()
-    offset = 0
-    while offset < len(data):
-        (length,) = struct.unpack_from("<Q", data, offset)
-        (length_crc,) = struct.unpack_from("<I", data, offset + 8)
-        if length_crc != _masked_crc32c(data[offset:offset + 8]):
-            raise ValueError(f"{path}: corrupt TFRecord length at byte {offset}.")
-        payload = data[offset + 12:offset + 12 + length]
-        (payload_crc,) = struct.unpack_from("<I", data, offset + 12 + length)
-        if payload_crc != _masked_crc32c(payload):
-            raise ValueError(f"{path}: corrupt TFRecord payload at byte {offset}.")
-        yield payload
-        offset += 16 + length
+        yield from read_frames(handle, path)

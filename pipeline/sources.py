@@ -15,13 +15,13 @@ index ranges are read in parallel, one file or range per task.
 """
 
 import os
-import struct
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import records
 from pipeline.elements import Candidate, Rejection
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -116,21 +116,6 @@ def _listed_uris(pcoll, list_path):
     return counted | "SplitRepeats" >> beam.FlatMap(first_and_repeats).with_outputs(REJECTED, main="uris")
 
 
-def _read_frames(handle, path):
-    """Streams the payloads of a TFRecord file (without holding the file in memory)."""
-    while True:
-        header = handle.read(12)
-        if not header:
-            return
-        if len(header) < 12:
-            raise ValueError(f"{path}: truncated TFRecord header")
-        (length,) = struct.unpack("<Q", header[:8])
-        payload = handle.read(length)
-        if len(payload) < length or len(handle.read(4)) < 4:
-            raise ValueError(f"{path}: truncated TFRecord payload")
-        yield payload
-
-
 class _ReadTfrecordFile(beam.DoFn):
     """A TFRecord file -> one Candidate per record (`path#index`), images from `image_feature`."""
 
@@ -142,7 +127,7 @@ class _ReadTfrecordFile(beam.DoFn):
 
         with _open(path) as handle:
             try:
-                for index, payload in enumerate(_read_frames(handle, path)):
+                for index, payload in enumerate(records.read_frames(handle, path)):
                     uri = f"{path}#{index}"
                     try:
                         feature = tf.train.Example.FromString(payload).features.feature

@@ -70,22 +70,22 @@ class Facts(beam.PTransform):
 
     def expand(self, collections):
         c = collections
+        originals = c["written"] | "Originals" >> beam.Filter(lambda item: item[1] == 0)
+        copies = c["written"] | "Copies" >> beam.Filter(lambda item: item[1] > 0)
         facts = [
             _count(c["read"], "read"),
             _count(c["rejected"], "rejected"),
             _count(c["labeled"], "labeled"),
             _count(c["below"], "below_threshold"),
             _count(c["over_cap"], "over_cap"),
-            _count(c["written"] | "Originals" >> beam.Filter(lambda item: item[1] == 0), "kept"),
-            _count(c["written"] | "Copies" >> beam.Filter(lambda item: item[1] > 0), "duplicates"),
+            _count(originals, "kept"),
+            _count(copies, "duplicates"),
             _fact(c["train_files"], "train_files", beam.combiners.ToList()),
             _fact(c["rejected_files"], "rejected_files", beam.combiners.ToList()),
             _per_class_count(c["rejected"], "rejected_by_reason", lambda rejection: rejection.category),
             _per_class_count(c["labeled"], "class_labeled", lambda image: image.label),
-            _per_class_count(c["written"] | "KeptOriginals" >> beam.Filter(lambda item: item[1] == 0),
-                             "class_kept", lambda item: item[0].label),
-            _per_class_count(c["written"] | "KeptCopies" >> beam.Filter(lambda item: item[1] > 0),
-                             "class_duplicates", lambda item: item[0].label),
+            _per_class_count(originals, "class_kept", lambda item: item[0].label),
+            _per_class_count(copies, "class_duplicates", lambda item: item[0].label),
             _per_class_count(c["over_cap"], "class_over_cap", lambda image: image.label),
             _per_class_count(c["below"], "class_below_threshold", lambda image: image.label),
             _fact(c["labeled"] | "Confidences" >> beam.Map(lambda image: image.confidence), "confidence_histogram",
