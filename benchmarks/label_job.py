@@ -85,7 +85,7 @@ def throughput(model_name, count, batch_size, workdir):
                f"--min_batch_size={batch_size}", f"--max_batch_size={batch_size}", "--min_confidence=0"])
     job = count / (time.perf_counter() - start)
     return {"images": count, "bare_teacher_images_per_s": round(bare, 2), "job_images_per_s": round(job, 2),
-            "job_over_bare": round(job / bare, 3)}
+            "job_over_bare": round(job / bare, 3), "teacher_compile_mode": loaded.compile_mode}
 
 
 # Runs argv[1:] and prints its peak RSS in KiB (wait4: the child and its waited-for children).

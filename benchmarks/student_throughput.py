@@ -1,7 +1,7 @@
 """Student training throughput: real input (TFRecords + RandAugment) against in-memory tensors.
 
   python -m benchmarks.student_throughput [--model=resnet_rs_small] [--batch_size=8]
-      [--pseudo_ratio=3] [--seconds=20] [--jit_compile]
+      [--pseudo_ratio=3] [--seconds=20] [--jit_compile=auto|xla|graph]
 
 Both sides run the same Trainer step on mixed batches of the same shapes (batch_size
 labeled + pseudo_ratio * batch_size pseudo images). The real side reads labeled and
@@ -83,7 +83,7 @@ def measure(model_name, batch_size, pseudo_ratio, seconds, jit_compile, randaugm
         synthetic_iterator = iter(strategy.distribute_datasets_from_function(lambda context: synthetic_dataset))
         real, synthetic = alternate(trainer, [real_iterator, synthetic_iterator], images_per_step, seconds)
     return {"model": model_name, "image_size": size, "labeled_batch": batch_size,
-            "pseudo_batch": batch_size * pseudo_ratio, "jit_compile": jit_compile,
+            "pseudo_batch": batch_size * pseudo_ratio, "compile_mode": trainer.compile_mode,
             "randaugment_layers": config.model_config.randaugment_layers,
             "real_images_per_s": round(real, 2), "synthetic_images_per_s": round(synthetic, 2),
             "ratio": round(real / synthetic, 3), "cpu_cores": os.cpu_count()}
@@ -95,14 +95,14 @@ def main():
     parser.add_argument("--batch_size", type=int, default=8, help="labeled images per step")
     parser.add_argument("--pseudo_ratio", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per side, over all rounds")
-    parser.add_argument("--jit_compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--jit_compile", choices=["auto", "xla", "graph"], default="auto")
     parser.add_argument("--randaugment_layers", type=int, default=None,
                         help="override the model's RandAugment ops per image (0: off, to isolate its cost)")
     args = parser.parse_args()
     result = measure(args.model, args.batch_size, args.pseudo_ratio, args.seconds, args.jit_compile,
                      args.randaugment_layers)
     print(f"{result['model']} at {result['image_size']} px, {result['labeled_batch']} labeled + "
-          f"{result['pseudo_batch']} pseudo images per step (jit_compile={result['jit_compile']}):")
+          f"{result['pseudo_batch']} pseudo images per step (compile mode {result['compile_mode']}):")
     print(f"  real input (TFRecords, decode, crop, flip, RandAugment x{result['randaugment_layers']}): "
           f"{result['real_images_per_s']:.1f} images/s")
     print(f"  synthetic in-memory batch: {result['synthetic_images_per_s']:.1f} images/s")

@@ -23,7 +23,6 @@ import tensorflow as tf  # noqa: E402
 import models  # noqa: E402
 import teacher  # noqa: E402
 from models import preprocessing  # noqa: E402
-from teacher import predictor  # noqa: E402
 
 
 def images_per_second(fn, batch_size, seconds):
@@ -47,7 +46,7 @@ def measure(model_name, batch_size, seconds):
         for precision in ("float32", "bfloat16"):
             loaded = teacher.load(directory, batch_size=batch_size, precision=precision)
             compiled_forward = tf.function(lambda x, m=loaded.model: m(x, training=False),
-                                           jit_compile=predictor.default_jit_compile(precision))
+                                           jit_compile=loaded.compile_mode == "xla")
             bare = images_per_second(lambda: loaded.model(inputs, training=False).numpy(), batch_size, seconds)
             compiled = images_per_second(lambda: compiled_forward(inputs).numpy(), batch_size, seconds)
             served = images_per_second(lambda: loaded.predict(pixels), batch_size, seconds)

@@ -19,7 +19,8 @@ class TeacherModelHandler(base.ModelHandler):
     """uint8 (H, W, 3) pixels -> per-image soft-label dicts, with a `teacher.Teacher`."""
 
     def __init__(self, teacher_dir, *, top_k, temperature, full_distribution, min_batch_size,
-                 max_batch_size, precision="float32", strategy="auto", tpu=None, share_across_processes=False):
+                 max_batch_size, precision="float32", jit_compile="auto", strategy="auto", tpu=None,
+                 share_across_processes=False):
         super().__init__()
         self._teacher_dir = teacher_dir
         self._top_k = top_k
@@ -28,6 +29,7 @@ class TeacherModelHandler(base.ModelHandler):
         self._min_batch_size = min_batch_size
         self._max_batch_size = max_batch_size
         self._precision = precision
+        self._jit_compile = jit_compile
         self._strategy = strategy
         self._tpu = tpu
         self._share = share_across_processes
@@ -39,11 +41,14 @@ class TeacherModelHandler(base.ModelHandler):
         strategy = None if self._strategy in ("auto", "cpu") and not self._tpu else \
             devices.make_strategy(self._strategy, self._tpu)
         return teacher.load(self._teacher_dir, batch_size=self._max_batch_size, precision=self._precision,
-                            strategy=strategy)
+                            strategy=strategy, jit_compile=self._jit_compile)
 
     def run_inference(self, batch, model, inference_args=None):
         predictions = model.predict(list(batch), temperature=self._temperature, top_k=self._top_k,
                                     full_distribution=self._full_distribution)
+        # Which compile mode labeled the batch (--jit_compile=auto measures it per worker; the
+        # load itself runs outside any bundle, where a counter would not be reported).
+        beam.metrics.Metrics.counter("Label", f"teacher_batches_{model.compile_mode}").inc()
         for i in range(len(batch)):
             yield {
                 "top_k_indices": tuple(int(c) for c in predictions.top_k_indices[i]),

@@ -48,7 +48,7 @@ def build(pipeline, settings, meta):
     handler = inference.TeacherModelHandler(
         s.teacher, top_k=s.top_k, temperature=s.temperature, full_distribution=s.full_distribution,
         min_batch_size=s.min_batch_size, max_batch_size=s.max_batch_size, precision=s.precision,
-        strategy=s.teacher_strategy, tpu=s.tpu, share_across_processes=s.share_model_across_processes)
+        jit_compile=s.jit_compile, strategy=s.teacher_strategy, tpu=s.tpu, share_across_processes=s.share_model_across_processes)
     labeled = decoded.images | "Label" >> inference.Label(handler)
     # Thumbnails only feed the report's examples (Facts, from `labeled`); selection's join and
     # the shard writer never need them.
@@ -111,7 +111,7 @@ def main():
     argv = sys.argv[1:]
     try:
         settings, _ = options.parse(argv)
-        run(argv)
+        result = run(argv)
     except UsageError as error:
         sys.exit(f"pipeline.label: {error}")
     manifest = commit.read_manifest(settings.output)
@@ -119,6 +119,14 @@ def main():
         counts = ", ".join(f"{name} {value}" for name, value in manifest["counts"].items())
         print(f"labeling run {manifest['run_id']} by teacher {manifest['teacher']['teacher_id']}: {counts}\n"
               f"-> {settings.output} (manifest.json, stats.json, {len(manifest['files']['train'])} train shards)")
+        print(f"teacher compile mode (batches per mode): {teacher_compile_modes(result) or 'not reported'}")
+
+
+def teacher_compile_modes(result):
+    """{mode: batches} from the Label/teacher_batches_* counters of a finished job."""
+    prefix = "teacher_batches_"
+    return {counter.key.metric.name[len(prefix):]: counter.committed for counter in result.metrics().query(
+        beam.metrics.MetricsFilter().with_namespace("Label"))["counters"] if counter.key.metric.name.startswith(prefix)}
 
 
 if __name__ == "__main__":

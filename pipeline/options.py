@@ -44,6 +44,7 @@ class LabelSettings:
     min_batch_size: int = 1
     max_batch_size: int = 32
     precision: str = "float32"
+    jit_compile: str = "auto"
     teacher_strategy: str = "auto"
     tpu: str = None
     share_model_across_processes: bool = False
@@ -92,6 +93,9 @@ def define_flags():
     flags.DEFINE_integer("min_batch_size", defaults.min_batch_size, "Smallest inference batch.", **f)
     flags.DEFINE_integer("max_batch_size", defaults.max_batch_size, "Largest inference batch (compiled size).", **f)
     flags.DEFINE_enum("precision", defaults.precision, ["float32", "bfloat16"], "Teacher compute precision.", **f)
+    flags.DEFINE_enum("jit_compile", defaults.jit_compile, ["auto", "xla", "graph"],
+                      "Teacher compile mode. auto: XLA on GPU/TPU; on a CPU the faster of XLA and TF's graph "
+                      "executor, measured when each worker loads the teacher.", **f)
     flags.DEFINE_enum("teacher_strategy", defaults.teacher_strategy, ["auto", "cpu", "gpu", "tpu"],
                       "tf.distribute strategy of the teacher on each worker.", **f)
     flags.DEFINE_string("tpu", None, "TPU name for --teacher_strategy=tpu ('local' on a TPU VM worker).", **f)

@@ -20,6 +20,7 @@ import os
 import tensorflow as tf
 
 import models
+from models import hardware
 
 CONFIG_FILE = "config.json"
 PRECISIONS = ("float32", "bfloat16")
@@ -74,7 +75,7 @@ class TrainConfig:
     strategy: str = "auto"
     tpu: str = None
     precision: str = "float32"
-    jit_compile: bool = True
+    jit_compile: str = "auto"  # auto, xla or graph (models/hardware.py)
     seed: int = 0
     deterministic: bool = False
     resume_input: str = "skip"
@@ -166,6 +167,8 @@ def validate(config):
     _require(not config.tpu or config.strategy in ("auto", "tpu"), "tpu",
              f"names a TPU but --strategy={config.strategy}.")
     _require(config.precision in PRECISIONS, "precision", f"{config.precision!r} is not one of {PRECISIONS}.")
+    _require(config.jit_compile in hardware.JIT_CHOICES, "jit_compile",
+             f"{config.jit_compile!r} is not one of {hardware.JIT_CHOICES}.")
     _require(config.resume_input in RESUME_INPUT, "resume_input",
              f"{config.resume_input!r} is not one of {RESUME_INPUT}.")
     _require(config.randaugment_magnitude is None or config.randaugment_magnitude >= 0, "randaugment_magnitude",

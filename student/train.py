@@ -72,7 +72,8 @@ _HELP = {
     "strategy": "auto, cpu, gpu, tpu, mirrored (all local devices) or multi_worker (TF_CONFIG).",
     "tpu": "TPU name or grpc:// address (or 'local' on a TPU VM).",
     "precision": "float32 or bfloat16 (bfloat16 compute, float32 variables).",
-    "jit_compile": "Compile the per-replica step with XLA.",
+    "jit_compile": "auto, xla or graph. auto: XLA on GPU/TPU; on a CPU the faster of XLA and TF's graph "
+                   "executor for this model and batch, measured before training starts.",
     "seed": "Seed of weights, input order and augmentation.",
     "deterministic": "Enable TF op determinism (bit-reproducible runs and resumption; slower).",
     "resume_input": "skip: resume the input exactly where it stopped; reseed: a fresh order, no replay.",
@@ -174,6 +175,8 @@ def run(config):
               f"{'full distribution' if source.full_distribution else 'top-k renormalised'}"
               f"{', hard labels' if config.hard_pseudo_labels else ''})", flush=True)
     trainer = trainer_lib.Trainer(config, strategy, input_builder, worker_id)
+    timings = f" (measured s per step: {trainer.compile_timings})" if trainer.compile_timings else ""
+    print(f"compile mode: {trainer.compile_mode}{timings}", flush=True)
     start_step = trainer.restore()
     total = config.total_steps()
     if input_builder.eval_source is None:

@@ -1,7 +1,8 @@
 """The distributed training loop: model, optimizer, compiled steps, checkpoints, eval, export.
 
 One `Trainer` per run. Its step is written once for every strategy: the per-replica
-forward/backward pass is an XLA-compiled function (`jit_compile`), the optimizer update
+forward/backward pass is one compiled function (XLA or TF graph: `jit_compile`, measured
+per machine by default, see models/hardware.py), the optimizer update
 (gradient all-reduce, EMA) runs after it under the strategy, and `steps_per_execution`
 steps run inside one `tf.function` loop so a TPU host dispatches rarely.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 import models
+from models import hardware
 from student import recipe
 from teacher import devices
 
@@ -64,11 +66,37 @@ class Trainer:
             config.model_dir, f"{CHECKPOINT_DIR}-worker-{worker_id}")
         self.manager = tf.train.CheckpointManager(self.checkpoint, save_directory,
                                                   max_to_keep=config.keep_checkpoints)
-        self.compute_gradients = tf.function(self._gradients, jit_compile=config.jit_compile)
-        self.forward_eval = tf.function(lambda images: self.model(images, training=False),
-                                        jit_compile=config.jit_compile)
+        hardware.warn_if_bfloat16_is_emulated(config.precision, "student")
+        jit_compile = hardware.parse_jit_compile(config.jit_compile)
+        self.compile_timings = {}
+        if jit_compile is None:
+            measurable = strategy.num_replicas_in_sync == 1 and not hardware.has_accelerator()
+            jit_compile = self._measure_compile_mode() if measurable else True
+        self.compile_mode = hardware.mode_name(jit_compile)
+        self.compute_gradients = tf.function(self._gradients, jit_compile=jit_compile)
+        self.forward_eval = tf.function(lambda images: self.model(images, training=False), jit_compile=jit_compile)
         self._train_block = tf.function(self._train_block_fn)
         self._eval_pass = tf.function(self._eval_pass_fn)
+
+    def _measure_compile_mode(self):
+        """XLA or TF graph, whichever computes this run's gradients faster on this CPU.
+
+        Both modes run the real step on zeros of the real batch shapes (models/hardware.py:
+        which one wins differs between CPUs). The training forward pass moves BatchNorm
+        statistics and dropout seeds, so every model variable is put back afterwards.
+        """
+        config, size = self.config, self.config.model_config.train_image_size
+        batch = {"labeled_images": tf.zeros([config.batch_size, size, size, 3]),
+                 "labels": tf.zeros([config.batch_size], tf.int32)}
+        if self.has_pseudo:
+            batch["pseudo_images"] = tf.zeros([config.pseudo_batch_size, size, size, 3])
+            batch["pseudo_targets"] = tf.fill([config.pseudo_batch_size, config.num_classes], 1 / config.num_classes)
+        saved = [variable.numpy() for variable in self.model.variables]
+        jit_compile, _, self.compile_timings = hardware.choose_jit_compile(
+            self._gradients, (batch,), label=f"student {config.model} {config.precision}")
+        for variable, value in zip(self.model.variables, saved):
+            variable.assign(value)
+        return jit_compile
 
     @property
     def step(self):

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 import models
-from models import preprocessing
+from models import hardware, preprocessing
 from teacher import metadata as metadata_lib
 from teacher.metadata import TeacherError
 
@@ -73,21 +73,11 @@ def _as_uint8_batches(images):
         yield image[np.newaxis]
 
 
-def default_jit_compile(precision):
-    """XLA everywhere except bfloat16 on a host without accelerators.
-
-    Measured on a 2-core AVX512-BF16/AMX CPU, resnet_rs_50 at 160 px, batch 32: float32
-    XLA 53 img/s vs graph 47; bfloat16 XLA 44 img/s vs graph 63, because TF's oneDNN
-    kernels use the CPU's bfloat16 units and XLA:CPU does not.
-    """
-    accelerated = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")
-    return bool(accelerated) or precision == "float32"
-
-
 class Teacher:
     """A loaded teacher. Use `load(path)` rather than constructing one directly."""
 
     def __init__(self, path, batch_size=64, precision="float32", strategy=None, jit_compile=None):
+        """`jit_compile`: None or "auto" (see `_compile_step`), True/"xla" or False/"graph"."""
         if precision not in PRECISIONS:
             raise TeacherError(f"precision={precision!r}: expected one of {sorted(PRECISIONS)}.")
         self.path = path
@@ -109,13 +99,41 @@ class Teacher:
         else:
             raise TeacherError(f"{path} is not a teacher directory: no {metadata_lib.METADATA_FILE} and no "
                                "saved_model.pb (write one with `python -m teacher.export`).")
-        # One XLA cluster cannot reach the variables of several local replicas ("tf.Variable on a
-        # different device"), so multi-replica Mirrored runs use TF's graph executor; TPUStrategy
-        # compiles the whole step with XLA regardless of this flag.
-        if jit_compile is None:
-            jit_compile = default_jit_compile(precision)
-        self._step = tf.function(self._replica_step, jit_compile=jit_compile and replicas == 1)
+        hardware.warn_if_bfloat16_is_emulated(precision, f"teacher {path}")
+        self.compile_mode, self.compile_timings = "saved_model", {}
+        try:
+            jit_compile = hardware.parse_jit_compile(jit_compile)
+        except ValueError as error:
+            raise TeacherError(str(error)) from error
+        if self.model is not None:
+            self._step = self._compile_step(jit_compile, precision)
         self._distributed_step = tf.function(self._run_on_replicas)
+
+    def _compile_step(self, jit_compile, precision):
+        """The per-replica step, compiled with XLA or TF's graph executor (`compile_mode` says which).
+
+        None picks: XLA with a GPU or TPU; on a CPU, whichever of the two runs this teacher's
+        fixed batch faster, measured now (models/hardware.py: no CPU-flag rule predicts it).
+        """
+        if isinstance(self.strategy, tf.distribute.TPUStrategy):
+            self.compile_mode = "xla"  # TPUStrategy compiles the whole step with XLA regardless
+            return tf.function(self._replica_step)
+        if self.strategy.num_replicas_in_sync > 1:
+            # One XLA cluster cannot reach the variables of several local replicas ("tf.Variable
+            # on a different device"), so multi-replica Mirrored runs use TF's graph executor.
+            self.compile_mode = "graph"
+            return tf.function(self._replica_step)
+        if jit_compile is None and not hardware.has_accelerator():
+            meta = self.metadata
+            zeros = tf.zeros([self.batch_size, meta.eval_image_size, meta.eval_image_size, 3])
+            jit_compile, step, self.compile_timings = hardware.choose_jit_compile(
+                self._replica_step, (zeros, tf.constant(1.0), min(5, meta.num_classes)),
+                label=f"teacher {meta.model_name} {precision} batch {self.batch_size}")
+            self.compile_mode = hardware.mode_name(jit_compile)
+            return step
+        jit_compile = True if jit_compile is None else jit_compile
+        self.compile_mode = hardware.mode_name(jit_compile)
+        return tf.function(self._replica_step, jit_compile=jit_compile)
 
     @property
     def num_classes(self):

@@ -96,7 +96,10 @@ def tiny_teacher(tmp_path_factory):
     import models
     import teacher
 
+    import keras
+
     path = str(tmp_path_factory.mktemp("teachers") / "tiny")
+    keras.utils.set_random_seed(0)  # the same teacher in every session: tests may rely on its margins
     model = models.create("resnet_rs_tiny", num_classes=len(TEACHER_CLASSES))
     # Spread predictions over classes: random logits weights strong enough to matter.
     logits = model.get_layer("logits")

@@ -31,6 +31,52 @@ def _shard_bytes(output):
     return {path.name: path.read_bytes() for path in sorted(output.glob("train-*"))}
 
 
+# What the job guarantees across worker counts, processes and CPUs: the same images read,
+# rejected, selected, duplicated and written to the same shards in the same order, with every
+# field but the teacher's floats byte-equal; the floats equal to a tolerance. XLA:CPU alone
+# changes low bits with its thread count (measured: up to 6e-7 in a probability between 1 and
+# 2 intra-op threads on one AMD EPYC; TF's graph executor gave the same bits), and other CPUs
+# round differently again. 1e-5 leaves a margin of ten and more over that.
+PROBABILITY_TOLERANCE = 1e-5
+TEACHER_FLOATS = ("label/top_k_probabilities", "label/confidence", "label/entropy", "label/distribution")
+
+
+def assert_same_labeling(expected_dir, actual_dir, atol=PROBABILITY_TOLERANCE):
+    expected, expected_written, expected_rejected = _read_run(expected_dir)
+    actual, actual_written, actual_rejected = _read_run(actual_dir)
+    assert actual["counts"] == expected["counts"]
+    assert actual["files"] == expected["files"]
+    assert actual["rejected_by_reason"] == expected["rejected_by_reason"]
+    assert actual_rejected == expected_rejected
+    per_shard = {name: len(list(records.read_tfrecords(str(actual_dir / name))))
+                 for name in actual["files"]["train"]}
+    assert per_shard == {name: len(list(records.read_tfrecords(str(expected_dir / name))))
+                         for name in expected["files"]["train"]}
+    assert len(actual_written) == len(expected_written)
+    for want, got in zip(expected_written, actual_written):  # shard by shard, in file order
+        assert sorted(got) == sorted(want)
+        for field, value in want.items():
+            if field in TEACHER_FLOATS:
+                np.testing.assert_allclose(got[field], value, rtol=0, atol=atol, err_msg=field)
+            else:
+                np.testing.assert_array_equal(got[field], value, err_msg=field)
+
+
+def assert_decisions_have_margin(everything_dir, min_confidence, per_class, atol=PROBABILITY_TOLERANCE):
+    """The premise of comparing two runs to a tolerance: no decision turns on a difference
+    near it. `everything_dir` holds a run that wrote every labeled image (threshold 0, no cap)."""
+    _, written, _ = _read_run(everything_dir)
+    by_class = {}
+    for record in written:
+        by_class.setdefault(int(record["label/top_k_indices"][0]), []).append(record["label/confidence"])
+    for label, confidences in by_class.items():
+        confidences = np.sort(confidences)[::-1]
+        assert np.all(np.abs(confidences - min_confidence) > 100 * atol), f"class {label}: one sits at the threshold"
+        above = confidences[confidences >= min_confidence]
+        if len(above) > per_class:
+            assert above[per_class - 1] - above[per_class] > 100 * atol, f"class {label}: a tie at the cap"
+
+
 @pytest.fixture(scope="module")
 def photo_run(photo_folder, tiny_teacher, tmp_path_factory):
     folder, good, bad = photo_folder
@@ -104,11 +150,35 @@ def test_rerun_refuses_then_replaces_with_identical_shards(photo_run, photo_fold
     assert _shard_bytes(photo_run) == before
 
 
-def test_two_worker_processes_write_the_same_records_as_one(photo_run, photo_folder, tiny_teacher, tmp_path):
+def test_two_worker_processes_label_like_one(photo_run, photo_folder, tiny_teacher, tmp_path):
     folder, _, _ = photo_folder
+    _label(tiny_teacher, f"{folder}/*", tmp_path / "everything", "--min_confidence=0", "--full_distribution")
+    assert_decisions_have_margin(tmp_path / "everything", min_confidence=0.3, per_class=12)
     _label(tiny_teacher, f"{folder}/*", tmp_path / "two", "--min_confidence=0.3", "--per_class=12",
            "--full_distribution", "--direct_num_workers=2", "--direct_running_mode=multi_processing")
-    assert _shard_bytes(tmp_path / "two") == _shard_bytes(photo_run)
+    assert_same_labeling(photo_run, tmp_path / "two")
+
+
+def test_the_comparison_catches_a_different_selection(photo_run, photo_folder, tiny_teacher, tmp_path):
+    folder, _, _ = photo_folder
+    _label(tiny_teacher, f"{folder}/*", tmp_path / "other", "--min_confidence=0.3", "--per_class=11",
+           "--full_distribution")
+    with pytest.raises(AssertionError):
+        assert_same_labeling(photo_run, tmp_path / "other")
+
+
+def test_teacher_compile_mode_is_forced_by_flag_and_reported(photo_folder, tiny_teacher, tmp_path):
+    folder, good, _ = photo_folder
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{folder / name}\n" for name in good[:3]))
+    modes = {}
+    for mode in ("xla", "graph"):
+        modes[mode] = label.teacher_compile_modes(
+            _label(tiny_teacher, listing, tmp_path / mode, "--min_confidence=0", "--full_distribution",
+                   f"--jit_compile={mode}"))
+        assert json.loads((tmp_path / mode / "manifest.json").read_text())["settings"]["jit_compile"] == mode
+    assert list(modes["xla"]) == ["xla"] and list(modes["graph"]) == ["graph"], modes
+    assert_same_labeling(tmp_path / "xla", tmp_path / "graph")
 
 
 def test_list_file_and_tfrecord_sources(photo_folder, tiny_teacher, tmp_path):

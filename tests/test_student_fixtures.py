@@ -132,7 +132,7 @@ def small_flags(labeled, model_dir, **overrides):
     """Flags of a few-step resnet_rs_tiny run (TrainConfig fields)."""
     values = dict(model="resnet_rs_tiny", labeled=labeled, model_dir=model_dir, batch_size=4, train_steps=4,
                   warmup_epochs=0.5, ema_decay=0.5, checkpoint_every=2, log_every=2, eval_batch_size=8,
-                  shuffle_buffer=16, jit_compile=False, strategy="cpu")
+                  shuffle_buffer=16, jit_compile="graph", strategy="cpu")
     values.update(overrides)
     return values
 

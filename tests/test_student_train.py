@@ -60,7 +60,7 @@ def test_a_non_local_model_dir_gets_checkpoints_summaries_model_and_teacher(fold
 
 
 def test_the_train_step_compiles_with_xla_and_matches_the_graph_step(folder):
-    config = TrainConfig(**small_flags(folder, "ram://xla-run", num_classes=3, labeled_examples=12, jit_compile=True))
+    config = TrainConfig(**small_flags(folder, "ram://xla-run", num_classes=3, labeled_examples=12, jit_compile="xla"))
     builder = inputs.InputBuilder(config, sources.open_source(folder))
     trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy(), builder)
     batch = next(iter(builder.train_dataset(tf.distribute.InputContext())))
@@ -78,6 +78,22 @@ def test_the_train_step_compiles_with_xla_and_matches_the_graph_step(folder):
     assert float(xla_loss) == pytest.approx(float(graph_loss), rel=1e-4)
     for xla, graph in zip(xla_gradients, graph_gradients):
         np.testing.assert_allclose(xla.numpy(), graph.numpy(), rtol=2e-3, atol=2e-5)
+
+
+def test_auto_compile_mode_measures_both_and_leaves_the_model_untouched(folder):
+    def make_trainer(mode):
+        config = TrainConfig(**small_flags(folder, f"ram://auto-{mode}", num_classes=3, labeled_examples=12,
+                                           jit_compile=mode))
+        return trainer_lib.Trainer(config, tf.distribute.get_strategy(), inputs.InputBuilder(
+            config, sources.open_source(folder)))
+
+    measured, untouched = make_trainer("auto"), make_trainer("graph")
+    assert set(measured.compile_timings) == {"xla", "graph"}
+    assert measured.compile_mode == min(measured.compile_timings, key=measured.compile_timings.get)
+    assert untouched.compile_mode == "graph" and untouched.compile_timings == {}
+    # The measuring steps ran in training mode (BatchNorm statistics, dropout seeds): all put back.
+    for after, fresh in zip(measured.model.variables, untouched.model.variables):
+        np.testing.assert_array_equal(after.numpy(), fresh.numpy(), err_msg=after.path)
 
 
 def test_tfds_imagenet2012_trains_and_evaluates_on_its_validation_split_in_bfloat16(tmp_path):

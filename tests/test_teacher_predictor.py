@@ -211,3 +211,35 @@ def test_bad_options_are_named(teacher_dir):
         teacher.load(teacher_dir).predict(_images(1), temperature=0)
     with pytest.raises(teacher.TeacherError, match="precision"):
         predictor.Teacher(teacher_dir, precision="float16")
+
+
+def test_compile_mode_is_measured_on_a_cpu_and_forced_by_request(teacher_dir, tiny_model):
+    chosen = predictor.Teacher(teacher_dir, batch_size=4)
+    assert set(chosen.compile_timings) == {"xla", "graph"} and all(t > 0 for t in chosen.compile_timings.values())
+    faster = min(chosen.compile_timings, key=chosen.compile_timings.get)
+    assert chosen.compile_mode == faster
+    images = _images(5, seed=4)
+    expected = _expected_probabilities(tiny_model, images)
+    for request, mode in (("xla", "xla"), (True, "xla"), ("graph", "graph"), (False, "graph")):
+        forced = predictor.Teacher(teacher_dir, batch_size=4, jit_compile=request)
+        assert forced.compile_mode == mode and forced.compile_timings == {}
+        # The two modes round differently in the last bits, never by more than this.
+        np.testing.assert_allclose(forced.predict(images, full_distribution=True).distribution, expected, atol=1e-5)
+    with pytest.raises(teacher.TeacherError, match="jit_compile='fast': expected one of"):
+        predictor.Teacher(teacher_dir, jit_compile="fast")
+
+
+def test_bfloat16_without_cpu_support_warns(teacher_dir, monkeypatch, caplog):
+    from models import hardware
+
+    info = hardware.cpu_info()
+    assert info["model"] and set(info["flags"]) == set(hardware.ISA_FLAGS)
+    monkeypatch.setattr(hardware, "cpu_info", lambda: {"model": "a CPU", "flags": dict.fromkeys(hardware.ISA_FLAGS,
+                                                                                                False)})
+    with caplog.at_level("WARNING"):
+        predictor.Teacher(teacher_dir, batch_size=4, precision="bfloat16", jit_compile="graph")
+    assert "bfloat16 on a CPU without bfloat16 units (a CPU" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        predictor.Teacher(teacher_dir, batch_size=4, precision="float32", jit_compile="graph")
+    assert "bfloat16" not in caplog.text
