@@ -7,7 +7,7 @@ A pseudo-label record (one per written image; duplicates added for class balance
   image/source_uri            bytes
   label/top_k_indices         int64   k, most probable first
   label/top_k_probabilities   float   k, descending
-  label/confidence            float   max probability
+  label/confidence            float   max probability at temperature 1 (what selection filters on)
   label/entropy               float   nats, full temperature-scaled distribution
   label/distribution          float   num_classes (only with --full_distribution)
   label/copy_index            int64

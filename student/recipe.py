@@ -69,7 +69,21 @@ def labeled_loss(labels, logits, num_classes, label_smoothing, global_batch_size
     return tf.reduce_sum(per_example) / global_batch_size
 
 
-def pseudo_loss(targets, logits, global_batch_size):
-    """Summed cross-entropy against the teacher's distribution, over the GLOBAL pseudo batch."""
-    per_example = keras.losses.categorical_crossentropy(targets, tf.cast(logits, tf.float32), from_logits=True)
+def pseudo_loss(targets, logits, global_batch_size, label_smoothing=0.0):
+    """Summed cross-entropy against the teacher's targets, over the GLOBAL pseudo batch.
+
+    Noisy Student smooths hard (one-hot) pseudo-labels like labeled ones and leaves soft
+    targets as the teacher gave them: the caller passes `label_smoothing` only for hard ones.
+    """
+    per_example = keras.losses.categorical_crossentropy(targets, tf.cast(logits, tf.float32), from_logits=True,
+                                                        label_smoothing=label_smoothing)
     return tf.reduce_sum(per_example) / global_batch_size
+
+
+def pseudo_weight(pseudo_ratio, pseudo_loss_weight=1.0):
+    """The pseudo mean's weight in `labeled_mean + weight * pseudo_mean`.
+
+    Noisy Student's total is labeled_mean + unlabel_ratio * unlabeled_mean: every image,
+    labeled or pseudo-labeled, weighs the same in the step. `pseudo_loss_weight` multiplies that.
+    """
+    return pseudo_loss_weight * pseudo_ratio

@@ -39,8 +39,10 @@ _HELP = {
     "model_dir": "Checkpoints, summaries, config.json, model.keras, teacher/ (local, gs://, ram://).",
     "pseudo": "Glob of the labeling job's train-*.tfrecord shards; manifest.json must sit beside them.",
     "pseudo_ratio": "Pseudo-labeled images per labeled image in every batch (Noisy Student: 3).",
-    "hard_pseudo_labels": "Train on the teacher's top-1 class instead of its soft distribution.",
-    "pseudo_loss_weight": "Weight of the pseudo-label loss against the labeled loss.",
+    "hard_pseudo_labels": "Train on the teacher's top-1 class (smoothed by --label_smoothing) instead of its "
+                          "soft distribution.",
+    "pseudo_loss_weight": "Multiplier on the pseudo loss's weight; 1 weighs every pseudo image like a labeled "
+                          "one (Noisy Student: labeled mean + pseudo_ratio x pseudo mean).",
     "eval": "Eval source (same kinds as --labeled); for tfds:NAME defaults to its --eval_split.",
     "train_split": "TFDS split for training.",
     "eval_split": "TFDS split for evaluation.",

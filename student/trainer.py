@@ -131,9 +131,11 @@ class Trainer:
                                                self.config.label_smoothing, self.config.batch_size)
             pseudo_loss = tf.constant(0.0)
             if self.has_pseudo:
+                smoothing = self.config.label_smoothing if self.config.hard_pseudo_labels else 0.0
                 pseudo_loss = recipe.pseudo_loss(batch["pseudo_targets"], logits[labeled_count:],
-                                                 self.config.pseudo_batch_size)
-            loss = labeled_loss + self.config.pseudo_loss_weight * pseudo_loss
+                                                 self.config.pseudo_batch_size, smoothing)
+            loss = labeled_loss + recipe.pseudo_weight(self.config.pseudo_ratio,
+                                                       self.config.pseudo_loss_weight) * pseudo_loss
         gradients = tape.gradient(loss, self.model.trainable_variables)
         return gradients, labeled_loss, pseudo_loss
 

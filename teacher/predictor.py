@@ -30,20 +30,26 @@ class Predictions:
 
     top_k_indices: np.ndarray  # int32 (N, k)
     top_k_probabilities: np.ndarray  # float32 (N, k), descending
-    confidence: np.ndarray  # float32 (N,), the max probability
+    confidence: np.ndarray  # float32 (N,), the max probability at temperature 1
     entropy: np.ndarray  # float32 (N,), nats, of the full (temperature-scaled) distribution
     distribution: np.ndarray = None  # float32 (N, num_classes), when asked for
 
 
 def soft_labels(logits, temperature, top_k):
-    """Temperature softmax of float32 logits and its summaries, as TF ops (XLA-friendly)."""
-    log_probabilities = tf.nn.log_softmax(tf.cast(logits, tf.float32) / temperature, axis=-1)
+    """Temperature softmax of float32 logits and its summaries, as TF ops (XLA-friendly).
+
+    The confidence is the max probability at temperature 1, whatever `temperature` is:
+    Noisy Student filters on the teacher's own probabilities and applies the temperature
+    only to the soft targets the student learns from.
+    """
+    logits = tf.cast(logits, tf.float32)
+    log_probabilities = tf.nn.log_softmax(logits / temperature, axis=-1)
     probabilities = tf.exp(log_probabilities)
     top = tf.math.top_k(probabilities, k=top_k, sorted=True)
     return {
         "top_k_indices": top.indices,
         "top_k_probabilities": top.values,
-        "confidence": top.values[:, 0],
+        "confidence": tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1),
         "entropy": -tf.reduce_sum(probabilities * log_probabilities, axis=-1),
         "distribution": probabilities,
     }

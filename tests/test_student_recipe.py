@@ -77,3 +77,14 @@ def test_weight_decay_skips_batch_norm_and_biases_and_matches_the_reference_l2_u
         else:
             assert name in recipe.NO_WEIGHT_DECAY
             np.testing.assert_array_equal(variable.numpy(), before[variable.path])
+
+
+def test_pseudo_loss_weighs_every_image_like_a_labeled_one_and_smooths_hard_labels():
+    assert recipe.pseudo_weight(pseudo_ratio=3) == 3 and recipe.pseudo_weight(3, pseudo_loss_weight=0.5) == 1.5
+    logits = tf.constant([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    hard = tf.one_hot([0, 2], 3)
+    log_p = tf.nn.log_softmax(logits).numpy()
+    smoothed = hard.numpy() * 0.9 + 0.1 / 3
+    expected = -(smoothed * log_p).sum() / 4  # summed over the batch, divided by the global batch
+    assert float(recipe.pseudo_loss(hard, logits, 4, label_smoothing=0.1)) == pytest.approx(expected, rel=1e-5)
+    assert float(recipe.pseudo_loss(hard, logits, 4)) == pytest.approx(-(hard.numpy() * log_p).sum() / 4, rel=1e-5)

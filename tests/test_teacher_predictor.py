@@ -78,6 +78,9 @@ def test_temperature(teacher_dir, tiny_model):
     np.testing.assert_allclose(hot.entropy, np.log(10), atol=1e-4)
     cool = loaded.predict(images, temperature=0.5, full_distribution=True)
     np.testing.assert_allclose(cool.distribution, _expected_probabilities(tiny_model, images, 0.5), atol=1e-5)
+    # Selection filters on the teacher's own (temperature 1) confidence, as Noisy Student.
+    np.testing.assert_allclose(cool.confidence, _expected_probabilities(tiny_model, images).max(axis=1), atol=1e-5)
+    np.testing.assert_allclose(hot.confidence, cool.confidence, atol=1e-6)
     one = loaded.predict(images, temperature=1.0, full_distribution=True)
     p = _expected_probabilities(tiny_model, images)
     np.testing.assert_allclose(one.entropy, -(p * np.log(p)).sum(axis=1), atol=1e-5)
