@@ -24,13 +24,13 @@ PSEUDO_RATIO = 3
 MIN_CONFIDENCE = 0.3
 
 
-def train_flags(workdir, model_dir, labeled_count, steps, pseudo=None):
+def train_flags(workdir, model_dir, labeled_count, steps, pseudo=None, seed=0):
     flags = [f"--model={MODEL}", f"--labeled={workdir}/data/labeled", f"--eval={workdir}/data/test",
              f"--model_dir={model_dir}", f"--batch_size={BATCH_SIZE}", f"--train_steps={steps}",
              "--warmup_epochs=5", "--base_learning_rate=0.4", "--ema_decay=0.99", "--eval_batch_size=64",
              f"--checkpoint_every={steps}", f"--log_every={max(1, steps // 4)}", "--shuffle_buffer=2048",
              f"--labeled_examples={labeled_count}", "--crop_min_area=0.5", "--norandom_flip",
-             "--randaugment_magnitude=5", "--deterministic", "--jit_compile=xla"]
+             "--randaugment_magnitude=5", "--deterministic", "--jit_compile=xla", f"--seed={seed}"]
     if pseudo:
         flags += [f"--pseudo={pseudo}", f"--pseudo_ratio={PSEUDO_RATIO}"]
     return flags

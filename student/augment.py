@@ -2,7 +2,8 @@
 
 Train: Inception-style random crop (reference `_decode_and_random_crop`: 8-100% of the
 area, aspect 3/4-4/3, decoding only the cropped window of a JPEG), bicubic resize to the
-model's train size, random horizontal flip, RandAugment, then the model's normalisation.
+model's train size, random horizontal flip, the reference's RandAugment (student.randaugment),
+then the model's normalisation.
 Eval: `models.preprocessing.eval_transform`, the one the teacher and labeling job use.
 
 Every random choice is a pure function of a per-example seed (stateless ops), derived by
@@ -11,92 +12,20 @@ same position gets the same augmentation in any process, which is what lets a re
 reproduce an uninterrupted one, and keeps augmentation independent of tf.data threading.
 """
 
-import keras
 import tensorflow as tf
-from keras.src.random.seed_generator import SeedGenerator
 
 from models import preprocessing
+from models.configs import SMALL_NAMES
+from student.randaugment import CUTOUT_CONST, TRANSLATE_CONST, RandAugment
 
 CROP_AREA_RANGE = (0.08, 1.0)
 CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 CROP_MIN_OBJECT_COVERED = 0.1
 CROP_MAX_ATTEMPTS = 10
 
-# The reference's RandAugment (tensorflow/tpu autoaugment.py) scales each op's range by
-# magnitude / 10: rotation up to 30 degrees, shear 0.3, translation 100 px (at 224 px).
-REFERENCE_MAX_LEVEL = 10.0
-REFERENCE_ROTATION_DEGREES = 30.0
-REFERENCE_SHEAR = 0.3
-REFERENCE_TRANSLATE_FRACTION = 100 / 224
-FILL_VALUE = 128.0  # the reference fills uncovered pixels with grey
-
-
-class _ExampleSeeds(SeedGenerator):
-    """A SeedGenerator whose draws are derived from one example's seed, statelessly.
-
-    Keras preprocessing layers draw randomness from a SeedGenerator *variable*, which inside
-    a parallel tf.data map gives thread-order-dependent results that no checkpoint can
-    replay. Keras calls only `next()` on the object it is given, so this stand-in returns
-    `fold_in(example_seed, draw number)` instead and holds no state.
-    """
-
-    def __init__(self, example_seed):  # no super().__init__: that would create the state variable
-        self.example_seed = example_seed
-        self.draws = 0
-
-    def next(self, ordered=True):
-        self.draws += 1
-        return tf.random.experimental.stateless_fold_in(self.example_seed, self.draws)
-
-
-class SeededRandAugment(keras.layers.RandAugment):
-    """keras.layers.RandAugment at the paper's magnitude, driven by a per-example seed.
-
-    Magnitude: Keras gives every op one `factor` in [0, 1] with op-specific meanings
-    (rotation factor * 360 degrees, translation factor * size, ...), so no single factor
-    reproduces the reference's ranges. factor = magnitude / 30 maps the paper's 15 to
-    Keras' default 0.5 and 10 to 0.33, for the photometric ops (brightness, contrast,
-    colour, sharpness, solarize, posterize). The three geometric ops would be far
-    stronger than the reference at that factor (rotation up to 180 degrees at 0.5), so
-    they are rebuilt with the reference's ranges: rotation +-30 * m/10 degrees,
-    shear +-0.3 * m/10, translation +-(100/224) * m/10 of the image side.
-    Other differences from the reference: Keras has no Cutout, Invert or Identity op,
-    combines ShearX/ShearY into one op, and its Brightness adds an offset where the
-    reference blends with black.
-    """
-
-    def __init__(self, magnitude, num_layers, **kwargs):
-        super().__init__(value_range=(0, 255), num_ops=num_layers, factor=min(1.0, magnitude / 30), **kwargs)
-        self.magnitude = magnitude
-        level = magnitude / REFERENCE_MAX_LEVEL
-        rotation = REFERENCE_ROTATION_DEGREES * level / 360
-        self.random_rotation = keras.layers.RandomRotation((-rotation, rotation), fill_mode="constant",
-                                                           fill_value=FILL_VALUE)
-        shear = min(1.0, REFERENCE_SHEAR * level)
-        self.random_shear = keras.layers.RandomShear(x_factor=shear, y_factor=shear, fill_mode="constant",
-                                                     fill_value=FILL_VALUE)
-        translate = min(1.0, REFERENCE_TRANSLATE_FRACTION * level)
-        self.random_translation = keras.layers.RandomTranslation(translate, translate, fill_mode="constant",
-                                                                 fill_value=FILL_VALUE)
-        self._set_example_seeds(None)
-
-    def _set_example_seeds(self, seeds):
-        # Bypasses Layer.__setattr__, which would track the generator as layer state (and
-        # refuse new state once the layer is built); it lives only while one call is traced.
-        object.__setattr__(self, "_example_seeds", seeds)
-
-    def _get_seed_generator(self, backend=None):
-        if self._example_seeds is None:
-            raise RuntimeError("SeededRandAugment draws randomness only through augment(image, seed).")
-        return self._example_seeds
-
-    def augment(self, image, seed):
-        """uint8 or float (H, W, 3) on 0-255 -> float32 (H, W, 3); `seed` is an int32/int64 [2] tensor."""
-        self._set_example_seeds(_ExampleSeeds(seed))
-        try:
-            return tf.cast(self(image, training=True), tf.float32)
-        finally:
-            self._set_example_seeds(None)
+# RandAugment's translate/cutout constants are absolute pixels, chosen by the reference
+# for its 160-320 px images; the paper's members use them unchanged.
+REFERENCE_IMAGE_SIZE = 224
 
 
 def _crop_window(image_shape, seed, area_range):
@@ -150,10 +79,18 @@ def train_transform(image_bytes, seed, model_config, randaugment=None, crop_min_
 
 
 def make_randaugment(model_config):
-    """The RandAugment layer for a model size, or None when its magnitude or layer count is 0."""
+    """The reference's RandAugment for a model size, or None when its magnitude or layer count is 0.
+
+    Deviation for the small test/demo members (32 and 64 px): their translate and cutout
+    constants are scaled by train_image_size / 224, as their crop padding is, because at
+    32 px the reference's 100 px translation would move the whole image out of the frame
+    and its 80 px cutout square would cover it.
+    """
     if not model_config.randaugment_magnitude or not model_config.randaugment_layers:
         return None
-    return SeededRandAugment(model_config.randaugment_magnitude, model_config.randaugment_layers)
+    scale = model_config.train_image_size / REFERENCE_IMAGE_SIZE if model_config.name in SMALL_NAMES else 1.0
+    return RandAugment(model_config.randaugment_layers, model_config.randaugment_magnitude,
+                       translate_const=TRANSLATE_CONST * scale, cutout_const=CUTOUT_CONST * scale)
 
 
 def eval_transform(image_bytes, model_config):

@@ -24,8 +24,7 @@ def test_train_transform_gives_the_train_size_and_depends_only_on_the_seed(image
     assert first.shape == (32, 32, 3) and first.dtype == np.float32
     np.testing.assert_array_equal(first, augment.train_transform(image_bytes, seed(1), CONFIG, randaugment))
     assert np.abs(first - augment.train_transform(image_bytes, seed(2), CONFIG, randaugment).numpy()).mean() > 0.01
-    # Inside a parallel tf.data map (where Keras layers normally draw from a shared seed
-    # variable) the same seed still gives the same image.
+    # Inside a parallel tf.data map the same seed still gives the same image.
     dataset = tf.data.Dataset.from_tensors(image_bytes).repeat(4).map(
         lambda data: augment.train_transform(data, seed(1), CONFIG, randaugment), num_parallel_calls=4)
     for mapped in dataset:
@@ -43,15 +42,17 @@ def test_random_crop_samples_inception_style_windows():
     assert min(areas) >= 0.079 and max(areas) <= 1.0 and np.std(areas) > 0.05
 
 
-def test_randaugment_uses_the_papers_geometric_ranges():
-    layer = augment.SeededRandAugment(magnitude=15, num_layers=2)
-    assert layer.num_ops == 2 and layer.factor[1] == pytest.approx(0.5)  # Keras' default factor <-> magnitude 15
-    assert layer.random_rotation.factor[1] * 360 == pytest.approx(45.0)  # 30 degrees * 15 / 10
-    assert layer.random_shear.x_factor[1] == pytest.approx(0.45)
-    assert layer.random_translation.height_upper == pytest.approx(100 / 224 * 1.5)
-    assert augment.make_randaugment(models.config("resnet_rs_tiny", randaugment_layers=0)) is None
-    with pytest.raises(RuntimeError, match="augment"):
-        layer(np.zeros((8, 8, 3), np.float32), training=True)
+@pytest.mark.parametrize("name, magnitude, translate_const, cutout_const", [
+    ("resnet_rs_50", 10, 100, 40), ("resnet_rs_152", 15, 100, 40), ("resnet_rs_420", 15, 100, 40),
+    ("resnet_rs_tiny", 10, 100 * 32 / 224, 40 * 32 / 224), ("resnet_rs_small", 10, 100 * 64 / 224, 40 * 64 / 224)])
+def test_randaugment_keeps_the_references_pixel_constants_except_on_small_members(name, magnitude, translate_const,
+                                                                                   cutout_const):
+    layer = augment.make_randaugment(models.config(name))
+    assert (layer.num_layers, layer.magnitude) == (2, magnitude)
+    assert layer.translate_const == pytest.approx(translate_const)
+    assert layer.cutout_const == pytest.approx(cutout_const)
+    assert augment.make_randaugment(models.config(name, randaugment_layers=0)) is None
+    assert augment.make_randaugment(models.config(name, randaugment_magnitude=0)) is None
 
 
 def test_eval_transform_is_the_shared_one():
