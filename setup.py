@@ -14,7 +14,10 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["models", "teacher", "pipeline", "student"]),
     install_requires=[
         "tensorflow>=2.16,<2.22",
-        "keras>=3.5,<4",
+        # Teachers load with safe_mode; older Keras has published bypasses of it: CVE-2025-1550
+        # (fixed 3.9), CVE-2025-8747/-9906 (3.11.0), CVE-2025-9905 (3.11.3), CVE-2025-12058 (3.12.0)
+        # and CVE-2026-1462, the TFSMLayer bypass (3.12.1 on 3.12.x; 3.13.0 and 3.13.1 lack it).
+        "keras>=3.12.1,!=3.13.0,!=3.13.1,<4",
         "apache-beam[gcp]>=2.60,<3",
         "tensorflow-datasets>=4.9,<5",
         "google-cloud-storage>=2.10,<4",

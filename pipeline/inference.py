@@ -9,10 +9,15 @@ so a ragged batch never recompiles. The teacher uses whatever the worker has: a 
 picked up by TensorFlow, a TPU VM worker needs --teacher_strategy=tpu (--tpu=local).
 """
 
+import math
+
 import apache_beam as beam
+import numpy as np
 from apache_beam.ml.inference import base
 
-from pipeline.elements import LabeledImage
+from pipeline.elements import LabeledImage, Rejection
+
+REJECTED = "rejected"
 
 
 class TeacherModelHandler(base.ModelHandler):
@@ -71,15 +76,48 @@ class TeacherModelHandler(base.ModelHandler):
         return "Label"
 
 
+def non_finite_fields(labeled):
+    """Names of the teacher's outputs for one image that are NaN or infinite (empty when all are finite)."""
+    found = [name for name in ("confidence", "entropy") if not math.isfinite(getattr(labeled, name))]
+    if not all(math.isfinite(p) for p in labeled.top_k_probabilities):
+        found.append("top_k_probabilities")
+    if labeled.distribution is not None and not np.all(np.isfinite(labeled.distribution)):
+        found.append("distribution")
+    return found
+
+
+class _RejectNonFinite(beam.DoFn):
+    """A label with a NaN or infinite value -> a rejection, so one bad prediction costs one
+    image rather than the whole job (the histograms at Facts cannot place a NaN) and the
+    accounting (read = rejected + labeled) still closes."""
+
+    def __init__(self):
+        self._rejected = beam.metrics.Metrics.counter("Label", "non_finite_prediction")
+
+    def process(self, labeled):
+        fields = non_finite_fields(labeled)
+        if not fields:
+            yield labeled
+            return
+        self._rejected.inc()
+        values = ", ".join(f"{name} {getattr(labeled, name)}" for name in ("confidence", "entropy"))
+        yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
+            labeled.image.uri, f"non_finite_prediction: the teacher's {', '.join(fields)} is not finite "
+                               f"({values})", "label"))
+
+
 class Label(beam.PTransform):
-    """(StoredImage, pixels) -> LabeledImage, through RunInference."""
+    """(StoredImage, pixels) -> LabeledImage, through RunInference.
+
+    Returns a tagged output: `labeled` (LabeledImage) and `rejected` (Rejection, for images
+    whose prediction holds a NaN or an infinity)."""
 
     def __init__(self, handler):
         super().__init__()
         self._handler = handler
 
     def expand(self, images):
-        labeled = (images
-                   | "RunInference" >> base.RunInference(base.KeyedModelHandler(self._handler))
-                   | "AttachLabels" >> beam.MapTuple(lambda stored, label: LabeledImage(stored, **label)))
-        return labeled
+        return (images
+                | "RunInference" >> base.RunInference(base.KeyedModelHandler(self._handler))
+                | "AttachLabels" >> beam.MapTuple(lambda stored, label: LabeledImage(stored, **label))
+                | "RejectNonFinite" >> beam.ParDo(_RejectNonFinite()).with_outputs(REJECTED, main="labeled"))

@@ -31,9 +31,13 @@ def _teacher_metadata(path):
 def build(pipeline, settings, meta):
     """Adds the whole job to `pipeline`; returns the PCollection holding the manifest."""
     s = settings
-    staging = FileSystems.join(s.output, commit.STAGING_PREFIX + s.run_id())
+    # One nonce per job, drawn here so every worker agrees: jobs with identical settings
+    # (one run_id) still never share staging, and the commit can tell its own files apart.
+    run_nonce = commit.new_run_nonce()
+    staging = commit.staging_dir(s.output, s.run_id(), run_nonce)
+    previous = commit.manifest_fingerprint(s.output)  # the run --overwrite may replace, rechecked at commit
     candidates, read_rejections = pipeline | "ReadImages" >> sources.ReadImages(
-        s.input, s.input_format, s.image_feature, s.data_dir, s.tfds_ranges)
+        s.input, s.input_format, s.image_feature, s.data_dir, s.tfds_ranges, s.max_bytes)
     rejection_sets = [read_rejections]
     read_total = ((candidates | "CandidatesSeen" >> beam.Map(lambda c: c.uri),
                    read_rejections | "ReadRejectionsSeen" >> beam.Map(lambda r: r.uri))
@@ -48,8 +52,11 @@ def build(pipeline, settings, meta):
     handler = inference.TeacherModelHandler(
         s.teacher, top_k=s.top_k, temperature=s.temperature, full_distribution=s.full_distribution,
         min_batch_size=s.min_batch_size, max_batch_size=s.max_batch_size, precision=s.precision,
-        jit_compile=s.jit_compile, strategy=s.teacher_strategy, tpu=s.tpu, share_across_processes=s.share_model_across_processes)
-    labeled = decoded.images | "Label" >> inference.Label(handler)
+        jit_compile=s.jit_compile, strategy=s.teacher_strategy, tpu=s.tpu,
+        share_across_processes=s.share_model_across_processes)
+    label_outputs = decoded.images | "Label" >> inference.Label(handler)
+    labeled = label_outputs.labeled
+    rejection_sets.append(label_outputs[inference.REJECTED])  # NaN/Inf predictions
     # Thumbnails only feed the report's examples (Facts, from `labeled`); selection's join and
     # the shard writer never need them.
     without_thumbnails = labeled | "DropThumbnails" >> beam.Map(
@@ -70,11 +77,14 @@ def build(pipeline, settings, meta):
         "schema_version": records.SCHEMA_VERSION,
         "run_id": s.run_id(),
         "teacher": {"teacher_id": meta.teacher_id, "model_name": meta.model_name, "num_classes": meta.num_classes,
-                    "eval_image_size": meta.eval_image_size, "random_init": meta.random_init, "path": s.teacher},
+                    "eval_image_size": meta.eval_image_size, "random_init": meta.random_init, "path": s.teacher,
+                    # The student checks these against its labeled data's class order (student/pseudo.py).
+                    "class_names": list(meta.class_names)},
         "settings": s.to_manifest(),
         "input": s.input,
     }
-    return facts | "Commit" >> beam.ParDo(commit.Commit(s.output, staging, manifest_base, meta.class_names))
+    return facts | "Commit" >> beam.ParDo(commit.Commit(s.output, staging, manifest_base, meta.class_names,
+                                                        run_nonce, previous, s.overwrite))
 
 
 def run(argv=None, test_pipeline=None):

@@ -39,6 +39,7 @@ class LabelSettings:
     full_distribution: bool = False
     max_side: int = 0
     max_pixels: int = 100_000_000
+    max_bytes: int = sources.DEFAULT_MAX_BYTES
     num_shards: int = 16
     rejected_shards: int = 1
     min_batch_size: int = 1
@@ -88,6 +89,8 @@ def define_flags():
     flags.DEFINE_bool("full_distribution", defaults.full_distribution, "Also store every class probability.", **f)
     flags.DEFINE_integer("max_side", defaults.max_side, "Downscale stored images to this side (0: keep).", **f)
     flags.DEFINE_integer("max_pixels", defaults.max_pixels, "Reject images with more pixels, before decoding.", **f)
+    flags.DEFINE_integer("max_bytes", defaults.max_bytes, "Reject input images of more bytes, before reading them "
+                         "(files: from the listing's size, and no read goes further).", **f)
     flags.DEFINE_integer("num_shards", defaults.num_shards, "train-* shards.", **f)
     flags.DEFINE_integer("rejected_shards", defaults.rejected_shards, "rejected-* shards.", **f)
     flags.DEFINE_integer("min_batch_size", defaults.min_batch_size, "Smallest inference batch.", **f)
@@ -165,6 +168,8 @@ def validate(settings, num_classes):
          "--balance=duplicate needs --per_class (the count each class is filled to)"),
         (s.max_side >= 0, f"--max_side={s.max_side} must be >= 0"),
         (s.max_pixels > 0, f"--max_pixels={s.max_pixels} must be > 0"),
+        # 2 GiB - 1: a protobuf message (the record that stores the image) cannot be larger.
+        (0 < s.max_bytes < 1 << 31, f"--max_bytes={s.max_bytes} must be between 1 and {(1 << 31) - 1}"),
         (s.num_shards >= 1 and s.rejected_shards >= 1, "--num_shards and --rejected_shards must be >= 1"),
         (1 <= s.min_batch_size <= s.max_batch_size,
          f"--min_batch_size={s.min_batch_size} must be >= 1 and <= --max_batch_size={s.max_batch_size}"),

@@ -32,6 +32,13 @@ TRAIN_PREFIX = "train"
 REJECTED_PREFIX = "rejected"
 TRAIN_SUFFIX = ".tfrecord"
 REJECTED_SUFFIX = ".jsonl"
+# The largest TFRecord payload read_frames accepts. A record's length field is only
+# covered by its own CRC, which anyone crafting a file can compute, so the length alone
+# must never decide how much memory is allocated: a claimed 2**40 bytes would fail the
+# whole job with MemoryError. 256 MB is far above any record this job reads or writes
+# (an encoded image within --max_pixels plus its labels); a longer one is a corrupt frame.
+MAX_RECORD_BYTES = 256 << 20
+_READ_CHUNK = 16 << 20
 
 
 def shard_name(prefix, index, num_shards, suffix):
@@ -118,28 +125,52 @@ def write_shard(path, payloads, framed):
     return count
 
 
-def read_frames(handle, path):
+def _read_at_most(handle, length):
+    """Up to `length` bytes (fewer only at end of file), read in chunks so a length that
+    overstates what the file holds costs no more memory than the file's remaining bytes."""
+    chunks, remaining = [], length
+    while remaining > 0:
+        chunk = handle.read(min(remaining, _READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frames(handle, path, max_record_bytes=MAX_RECORD_BYTES):
     """Streams the payloads of an open TFRecord file, checking both CRCs of every record,
-    without holding the file in memory. Raises ValueError naming `path` on corrupt data."""
-    offset = 0
+    without holding the file in memory.
+
+    Raises ValueError naming `path`, the record's index and byte offset on corrupt data: a
+    bad CRC, a truncated record, or a length over `max_record_bytes`. The payloads yielded
+    before it are good; nothing after a corrupt frame can be located (the framing is lost),
+    so a caller accounts for the rest of the file as one rejection (pipeline.sources does).
+    """
+    offset, index = 0, 0
     while True:
         header = handle.read(12)
         if not header:
             return
+        where = f"{path}: record {index} at byte {offset}"
         if len(header) < 12:
-            raise ValueError(f"{path}: truncated TFRecord header at byte {offset}.")
+            raise ValueError(f"{where}: truncated TFRecord header.")
         (length,) = struct.unpack("<Q", header[:8])
         (length_crc,) = struct.unpack("<I", header[8:])
         if length_crc != _masked_crc32c(header[:8]):
-            raise ValueError(f"{path}: corrupt TFRecord length at byte {offset}.")
-        payload = handle.read(length)
+            raise ValueError(f"{where}: corrupt TFRecord length.")
+        if length > max_record_bytes:
+            raise ValueError(f"{where}: TFRecord length {length} is over the {max_record_bytes}-byte limit "
+                             "on one record (a corrupt or crafted length).")
+        payload = _read_at_most(handle, length)
         footer = handle.read(4)
         if len(payload) < length or len(footer) < 4:
-            raise ValueError(f"{path}: truncated TFRecord payload at byte {offset}.")
+            raise ValueError(f"{where}: truncated TFRecord payload.")
         if struct.unpack("<I", footer)[0] != _masked_crc32c(payload):
-            raise ValueError(f"{path}: corrupt TFRecord payload at byte {offset}.")
+            raise ValueError(f"{where}: corrupt TFRecord payload.")
         yield payload
         offset += 16 + length
+        index += 1
 
 
 def read_tfrecords(path):

@@ -145,12 +145,21 @@ def accuracy_sweep(confidence, correct, current=None):
 def evaluate(teacher_path, source, temperature=1.0, top_k=5, current_min_confidence=None, limit=None):
     """The holdout section's numbers (accuracy, reliability bins, ECE, accuracy versus kept fraction)."""
     import teacher as teacher_lib  # deferred: TensorFlow loads only when a holdout is evaluated
+    from teacher import metadata as teacher_metadata
 
+    # teacher.json first: only a directory that validates as a teacher is loaded at all. A
+    # bare SavedModel (which teacher.load would otherwise accept) runs whatever graph it
+    # holds, file reads and writes included, and says nothing about its class names.
+    try:
+        teacher_metadata.read(teacher_path)
+    except teacher_lib.TeacherError as error:
+        raise ReportError(f"--teacher={teacher_path}: {error} The holdout needs its class names to match "
+                          "holdout folders to classes.") from error
     try:
         model = teacher_lib.load(teacher_path)
     except teacher_lib.TeacherError as error:
         raise ReportError(f"--teacher: {error}") from error
-    if model.metadata is None:
+    if model.metadata is None:  # teacher.json vanished between the check and the load
         raise ReportError(f"--teacher={teacher_path} has no teacher.json, so its class names are unknown and "
                           "holdout folders cannot be matched to classes.")
     top_k = min(top_k, model.num_classes)

@@ -89,7 +89,7 @@ def _number(value, digits=3, percent=False):
 
 def _cell(value, digits=3, text=False, percent=False, css="text"):
     """A table cell whose data-value lets the sorter order it without parsing formatted text."""
-    if text:
+    if text or not (value is None or isinstance(value, (int, float))):  # data not a number: shown as text
         return f'<td class="{css}" data-value="{_escape(value)}">{_escape(value)}</td>'
     data = "" if value is None else repr(float(value))
     return f'<td data-value="{data}">{_number(value, digits, percent)}</td>'
@@ -263,7 +263,7 @@ def _examples_section(summary, examples, thumbnail_classes):
         found = examples.get(str(row["class"]))
         if not found:
             continue
-        parts.append(f"<h3>{row['class']}: {_escape(row['name'])}</h3><div class=\"examples\">"
+        parts.append(f"<h3>{_escape(row['class'])}: {_escape(row['name'])}</h3><div class=\"examples\">"
                      f"<div><div class=\"sub\">most confident</div>{_figures(found.get('most_confident') or [])}</div>"
                      f"<div><div class=\"sub\">least confident</div>{_figures(found.get('least_confident') or [])}</div>"
                      "</div>")

@@ -250,7 +250,7 @@ def format_text(summary, worst_classes=10):
     for row in shown:
         quantiles = row.get("confidence_quantiles") or []
         median = quantiles[5] if len(quantiles) == 11 else None
-        lines.append(f"  {row['class']:>6}  {printable(row['name'])[:23]:<24}{_number(row.get('labeled')):>9}"
+        lines.append(f"  {printable(row['class']):>6}  {printable(row['name'])[:23]:<24}{_number(row.get('labeled')):>9}"
                      f"{_number(row.get('kept')):>9}{_number(row.get('written')):>9}"
                      f"{_number(row['duplication_factor'], 2):>7}{_number(row.get('mean_confidence'), 2):>7}"
                      f"{_number(median, 2):>7}")

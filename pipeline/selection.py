@@ -13,6 +13,8 @@ Ties in confidence are broken by the image identity, so reruns select the same i
 Optional dedup of identical content (--dedup) happens before decoding (see `Deduplicate`).
 """
 
+import typing
+
 import apache_beam as beam
 
 from pipeline.elements import Rejection
@@ -106,27 +108,59 @@ class Select(beam.PTransform):
 
 
 class _FirstUriWins(beam.DoFn):
+    """(content key, the URIs holding that content) -> ((key, uri), verdict) per URI: None for
+    the smallest URI, which is labeled; for every other URI, the smallest one, which it duplicates.
+
+    A group holds URIs only, never image bytes: a placeholder image repeated 100k times is a
+    list of 100k strings here, not 100k images."""
+
+    def process(self, item):
+        key, uris = item
+        first = min(uris)
+        first_seen = False
+        for uri in uris:  # a Beam group can be iterated again
+            if uri == first and not first_seen:
+                first_seen = True
+                yield (key, uri), None
+            else:
+                yield (key, uri), first
+
+
+class _ApplyVerdicts(beam.DoFn):
+    """((key, uri), {candidates, verdicts}) -> the candidate, or a duplicate rejection."""
+
     def __init__(self):
         self._duplicates = beam.metrics.Metrics.counter("Deduplicate", "duplicates")
 
-    def process(self, item):
-        _, candidates = item
-        ordered = sorted(candidates, key=lambda candidate: candidate.uri)
-        yield ordered[0]
-        for duplicate in ordered[1:]:
-            self._duplicates.inc()
-            yield beam.pvalue.TaggedOutput(
-                REJECTED, Rejection(duplicate.uri, f"duplicate: same content as {ordered[0].uri}", "dedup"))
+    def process(self, joined):
+        (_, uri), grouped = joined
+        # One candidate per (content, URI), unless one URI was read twice (then its copies are identical).
+        verdicts = sorted(grouped["verdicts"], key=lambda first: first is not None)
+        for candidate, first in zip(grouped["candidates"], verdicts):
+            if first is None:
+                yield candidate
+            else:
+                self._duplicates.inc()
+                yield beam.pvalue.TaggedOutput(
+                    REJECTED, Rejection(uri, f"duplicate: same content as {first}", "dedup"))
 
 
 class Deduplicate(beam.PTransform):
     """Candidates with identical bytes: the one with the smallest URI is labeled, the others
-    are rejected as duplicates (so they are counted, and the teacher never runs on them)."""
+    are rejected as duplicates (so they are counted, and the teacher never runs on them).
+
+    Only (content key, URI) pairs are grouped by content; the decision is joined back to the
+    candidates by (content key, URI), so no step holds more than one input's bytes per key."""
 
     def expand(self, candidates):
         from pipeline.decode import content_key
 
-        return (candidates
-                | "KeyByContent" >> beam.Map(lambda candidate: (content_key(candidate.data), candidate))
-                | "GroupByContent" >> beam.GroupByKey()
-                | "FirstUriWins" >> beam.ParDo(_FirstUriWins()).with_outputs(REJECTED, main="unique"))
+        keyed = candidates | "KeyByContent" >> beam.Map(
+            lambda candidate: ((content_key(candidate.data), candidate.uri), candidate))
+        verdicts = (keyed
+                    | "UriByContent" >> beam.Map(lambda item: item[0]).with_output_types(typing.Tuple[str, str])
+                    | "GroupUrisByContent" >> beam.GroupByKey()
+                    | "FirstUriWins" >> beam.ParDo(_FirstUriWins()))
+        return ({"candidates": keyed, "verdicts": verdicts}
+                | "JoinVerdicts" >> beam.CoGroupByKey()
+                | "ApplyVerdicts" >> beam.ParDo(_ApplyVerdicts()).with_outputs(REJECTED, main="unique"))

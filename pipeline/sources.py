@@ -12,12 +12,29 @@ files are reshuffled so they are read on every worker in parallel. For inputs to
 list in one call (the paper's 130M images), give a list file: Beam splits text files, so
 the URIs are read, and the files fetched, by all workers at once. TFRecord files and TFDS
 index ranges are read in parallel, one file or range per task.
+
+Hostile inputs. Every input read is either a Candidate or a Rejection naming why, so the
+manifest's accounting closes whatever the folder holds:
+  - an image file over --max_bytes is refused from the size the listing already has
+    (`too_large`), and every read is bounded (at most --max_bytes + 1 bytes), since a
+    size can lie (/proc files, a file growing while it is read); images inside TFRecord
+    and TFDS records are held to the same limit;
+  - local paths that are not regular files (a FIFO would block the read forever, a
+    symlink to /dev/zero never ends) are refused from their stat before any read, and
+    checked again on the opened descriptor (`not_a_regular_file`);
+  - entries a local listing cannot stat (dangling or looping symlinks, which Beam's
+    listing drops silently), files that cannot be opened (TFRecord files included), and
+    listed globs whose match fails are rejections (`unreadable`, `match_failed`);
+  - list files: each line is a URI exactly as written (only the line break is removed); a
+    line holding `*`, `?` or `[` is read literally when a file has that name, else matched
+    as a glob.
 """
 
 import os
+import re
+import stat
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -27,7 +44,12 @@ from pipeline.elements import Candidate, Rejection
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 INPUT_FORMATS = ("auto", "images", "list", "tfrecord", "tfds")
 REJECTED = "rejected"
+DEFAULT_MAX_BYTES = 64 << 20
 _GLOB_CHARACTERS = "*?["
+_READ_CHUNK = 8 << 20
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
 
 
 def guess_format(spec):
@@ -59,10 +81,159 @@ def _has_image_extension(uri):
     return os.path.splitext(uri)[1].lower() in IMAGE_EXTENSIONS
 
 
-class _ReadImageFile(beam.DoFn):
-    """A matched path -> its bytes, or a rejection saying why not."""
+def _is_local(uri):
+    return FileSystems.get_scheme(uri) is None
+
+
+def _too_large(size, max_bytes):
+    return f"too_large: {size} bytes > --max_bytes={max_bytes} (refused before reading)"
+
+
+def _not_regular(path, mode):
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    target = f", through a symlink to {os.path.realpath(path)}" if os.path.islink(path) else ""
+    return f"not_a_regular_file: {kind}{target}"
+
+
+def _missing(path, error):
+    if os.path.islink(path):
+        return f"unreadable: a dangling symlink (its target {os.readlink(path)!r} does not exist)"
+    return f"unreadable: {type(error).__name__}: {error}"
+
+
+class InputRejected(Exception):
+    """Raised while opening or reading an input, with a "category: detail" reason."""
+
+
+def _open_local(path):
+    """A local path -> an open binary file of a regular file, checked without reading it.
+
+    The path's stat names what it is before anything is opened (opening a FIFO for
+    reading blocks until a writer comes); O_NONBLOCK keeps the open itself from blocking if
+    the path is swapped for a FIFO meanwhile, and the opened descriptor is checked again.
+    """
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: a link to /dev/zero is a character device
+    except FileNotFoundError as error:
+        raise InputRejected(_missing(path, error)) from error
+    except OSError as error:  # a symlink loop, a name too long, permission on a parent folder
+        raise InputRejected(f"unreadable: {type(error).__name__}: {error}") from error
+    if not stat.S_ISREG(mode):
+        raise InputRejected(_not_regular(path, mode))
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise InputRejected(f"unreadable: {type(error).__name__}: {error}") from error
+    handle = os.fdopen(descriptor, "rb")
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        handle.close()
+        raise InputRejected(_not_regular(path, mode))
+    return handle
+
+
+def _read_bounded(handle, max_bytes):
+    """At most max_bytes + 1 bytes of `handle` (one more than allowed says it is too long)."""
+    chunks, total = [], 0
+    while total <= max_bytes:
+        chunk = handle.read(min(_READ_CHUNK, max_bytes + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def read_file(uri, max_bytes, size=None):
+    """The bytes of one file, at most `max_bytes` of them; raises InputRejected saying why not.
+
+    `size` is what the listing said (None when unknown): a file it puts over `max_bytes` is
+    refused without being opened. Local paths must be regular files (see `_open_local`).
+    """
+    if size is not None and size > max_bytes:
+        raise InputRejected(_too_large(size, max_bytes))
+    try:
+        handle = _open_local(uri) if _is_local(uri) else _open(uri)
+    except InputRejected:
+        raise
+    except Exception as error:  # missing, permission: the reason says which
+        raise InputRejected(f"unreadable: {type(error).__name__}: {error}") from error
+    with handle:
+        if _is_local(uri):
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                raise InputRejected(_too_large(size, max_bytes))
+        try:
+            data = _read_bounded(handle, max_bytes)
+        except Exception as error:
+            raise InputRejected(f"unreadable: {type(error).__name__}: {error}") from error
+    if len(data) > max_bytes:
+        said = f"; its size said {size} bytes" if size is not None else ""
+        raise InputRejected(f"too_large: more than --max_bytes={max_bytes} bytes read{said} (the read stopped there)")
+    return data
+
+
+def _unstattable_local_entries(pattern, listed):
+    """Local paths that `pattern` matches but Beam's listing dropped, with why.
+
+    Beam lists a local folder with os.walk and silently skips every entry it cannot stat
+    (a dangling or looping symlink); this walks the same folder with the same pattern and
+    returns those entries as (path, reason), so they are counted as rejections.
+    """
+    if not _is_local(pattern):
+        return []
+    prefix = pattern[:min([pattern.index(c) for c in _GLOB_CHARACTERS if c in pattern] or [len(pattern)])]
+    if prefix == pattern:  # no glob: Beam matches the path itself when it exists (a dangling link does not)
+        candidates = [pattern] if os.path.islink(pattern) and not os.path.exists(pattern) else []
+    else:
+        regex = re.compile(FileSystems.get_filesystem(pattern).translate_pattern(pattern))
+        candidates = [os.path.join(folder, name) for folder, _, names in os.walk(os.path.dirname(prefix))
+                      for name in names if regex.match(os.path.join(folder, name))]
+    found = []
+    for path in candidates:
+        if path in listed:
+            continue
+        try:
+            os.stat(path)
+        except FileNotFoundError as error:
+            found.append((path, _missing(path, error)))
+        except OSError as error:
+            found.append((path, f"unreadable: {type(error).__name__}: {error}"))
+    return sorted(found)
+
+
+def match_pattern(pattern):
+    """A glob -> ([(path, size in bytes)], [(path or pattern, rejection reason)])."""
+    try:
+        metadata = FileSystems.match([pattern])[0].metadata_list
+    except Exception as error:  # e.g. a pattern that is no valid glob, a bucket that cannot be listed
+        return [], [(pattern, f"match_failed: {type(error).__name__}: {error}")]
+    matched = [(item.path, item.size_in_bytes) for item in metadata]
+    problems = _unstattable_local_entries(pattern, {path for path, _ in matched})
+    if not matched and not problems:
+        problems = [(pattern, "not_found: the glob matches no file")]
+    return matched, problems
+
+
+class _MatchInput(beam.DoFn):
+    """A glob -> (path, size) per matched file, plus rejections for what cannot be listed."""
 
     def __init__(self):
+        self._rejected = beam.metrics.Metrics.counter("ReadImages", "rejected")
+
+    def process(self, pattern):
+        matched, problems = match_pattern(pattern)
+        yield from matched
+        for uri, reason in problems:
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(uri, reason, "read"))
+
+
+class _ReadImageFile(beam.DoFn):
+    """A matched (path, size) -> its bytes, or a rejection saying why not."""
+
+    def __init__(self, max_bytes=DEFAULT_MAX_BYTES):
+        self._max_bytes = max_bytes
         self._read = beam.metrics.Metrics.counter("ReadImages", "read")
         self._rejected = beam.metrics.Metrics.counter("ReadImages", "rejected")
 
@@ -70,41 +241,61 @@ class _ReadImageFile(beam.DoFn):
         self._rejected.inc()
         return beam.pvalue.TaggedOutput(REJECTED, Rejection(uri, reason, "read"))
 
-    def process(self, uri):
+    def process(self, item):
+        uri, size = item
         if not _has_image_extension(uri):
             yield self._reject(uri, f"unsupported_extension: {os.path.splitext(uri)[1] or '(none)'} is not one "
                                     f"of {', '.join(IMAGE_EXTENSIONS)} (any case)")
             return
         try:
-            with _open(uri) as handle:
-                data = handle.read()
-        except Exception as error:  # missing, a directory, permission: the reason says which
-            yield self._reject(uri, f"unreadable: {type(error).__name__}: {error}")
+            data = read_file(uri, self._max_bytes, size)
+        except InputRejected as rejection:
+            yield self._reject(uri, str(rejection))
             return
         self._read.inc()
         yield Candidate(uri, data)
 
 
 class _ExpandListedUri(beam.DoFn):
-    """A listed line -> the paths it names (itself, or its glob's matches), or a rejection."""
+    """A listed line -> (path, size or None) for what it names (itself, or its glob's matches),
+    or rejections."""
+
+    def __init__(self):
+        self._rejected = beam.metrics.Metrics.counter("ReadImages", "rejected")
 
     def process(self, uri):
         if not any(c in uri for c in _GLOB_CHARACTERS):
-            yield uri
+            yield uri, None
             return
-        metadata = FileSystems.match([uri])[0].metadata_list
-        if not metadata:
-            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(uri, "not_found: the glob matches no file", "read"))
-        for item in metadata:
-            yield item.path
+        try:
+            literal = FileSystems.exists(uri) or (_is_local(uri) and os.path.islink(uri))
+        except Exception:  # noqa: BLE001 - a name the filesystem cannot even ask about is matched as a glob
+            literal = False
+        if literal:  # a file named `a[1].png` is that file, not a glob matching `a1.png`
+            yield uri, None
+            return
+        matched, problems = match_pattern(uri)
+        yield from matched
+        for path, reason in problems:
+            self._rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(path, reason, "read"))
+
+
+def _is_listing(line):
+    """Blank (or whitespace-only) lines and `#` comments list nothing."""
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("#")
 
 
 def _listed_uris(pcoll, list_path):
-    """URIs of a list file; a URI listed more than once is read once, the rest rejected."""
+    """URIs of a list file; a URI listed more than once is read once, the rest rejected.
+
+    A URI is its line exactly (ReadFromText removes only the line break): names may begin
+    or end with spaces, and a path is never edited into another file's name.
+    """
     counted = (pcoll
                | "ReadList" >> beam.io.ReadFromText(list_path)
-               | "StripLines" >> beam.Map(str.strip)
-               | "DropBlankAndComments" >> beam.Filter(lambda line: line and not line.startswith("#"))
+               | "DropBlankAndComments" >> beam.Filter(_is_listing)
                | "CountListings" >> beam.combiners.Count.PerElement())
 
     def first_and_repeats(item):
@@ -117,15 +308,30 @@ def _listed_uris(pcoll, list_path):
 
 
 class _ReadTfrecordFile(beam.DoFn):
-    """A TFRecord file -> one Candidate per record (`path#index`), images from `image_feature`."""
+    """A TFRecord file -> one Candidate per record (`path#index`), images from `image_feature`.
 
-    def __init__(self, image_feature):
+    A file that cannot be opened is one rejection; so is the rest of a file after a corrupt
+    frame (the records before it are read). Images over `max_bytes` are rejected.
+    """
+
+    def __init__(self, image_feature, max_bytes=DEFAULT_MAX_BYTES):
         self._image_feature = image_feature
+        self._max_bytes = max_bytes
 
-    def process(self, path):
+    def process(self, item):
         import tensorflow as tf  # deferred: only this source parses Examples
 
-        with _open(path) as handle:
+        path, _ = item
+        try:
+            handle = _open_local(path) if _is_local(path) else _open(path)
+        except InputRejected as rejection:
+            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(path, str(rejection), "read"))
+            return
+        except Exception as error:  # a remote file that is missing or forbidden: the reason says which
+            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
+                path, f"unreadable: {type(error).__name__}: {error}", "read"))
+            return
+        with handle:
             try:
                 for index, payload in enumerate(records.read_frames(handle, path)):
                     uri = f"{path}#{index}"
@@ -137,12 +343,17 @@ class _ReadTfrecordFile(beam.DoFn):
                         data, problem = None, f"not_an_example: {type(error).__name__}: {error}"
                     else:
                         problem = f"no_image_feature: the Example has no bytes feature '{self._image_feature}'"
+                    if data is not None and len(data) > self._max_bytes:
+                        data, problem = None, f"too_large: {len(data)} bytes > --max_bytes={self._max_bytes}"
                     if data is None:
                         yield beam.pvalue.TaggedOutput(REJECTED, Rejection(uri, problem, "read"))
                     else:
                         yield Candidate(uri, data)
             except ValueError as error:
                 yield beam.pvalue.TaggedOutput(REJECTED, Rejection(path, f"corrupt_tfrecord: {error}", "read"))
+            except OSError as error:  # the file failed while being read
+                yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
+                    path, f"unreadable: {type(error).__name__}: {error}", "read"))
 
 
 def tfds_ranges(name, split, data_dir, num_ranges):
@@ -161,8 +372,9 @@ def tfds_ranges(name, split, data_dir, num_ranges):
 class _ReadTfdsRange(beam.DoFn):
     """An index range of a TFDS split -> Candidates `tfds:NAME/SPLIT/INDEX` (bytes not decoded)."""
 
-    def __init__(self, name, split, data_dir, image_feature):
+    def __init__(self, name, split, data_dir, image_feature, max_bytes=DEFAULT_MAX_BYTES):
         self._name, self._split, self._data_dir, self._image_feature = name, split, data_dir, image_feature
+        self._max_bytes = max_bytes
 
     def process(self, index_range):
         import tensorflow_datasets as tfds
@@ -173,15 +385,21 @@ class _ReadTfdsRange(beam.DoFn):
         dataset = builder.as_dataset(split=split, shuffle_files=False,
                                      decoders={self._image_feature: tfds.decode.SkipDecoding()})
         for offset, example in enumerate(dataset.as_numpy_iterator()):
-            yield Candidate(f"tfds:{self._name}/{self._split}/{start + offset}", example[self._image_feature])
+            uri, data = f"tfds:{self._name}/{self._split}/{start + offset}", example[self._image_feature]
+            if len(data) > self._max_bytes:
+                yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
+                    uri, f"too_large: {len(data)} bytes > --max_bytes={self._max_bytes}", "read"))
+            else:
+                yield Candidate(uri, data)
 
 
 class ReadImages(beam.PTransform):
     """--input -> (candidates, rejections)."""
 
     def __init__(self, spec, input_format="auto", image_feature=None, data_dir=None,
-                 tfds_ranges_count=64):
+                 tfds_ranges_count=64, max_bytes=DEFAULT_MAX_BYTES):
         super().__init__()
+        self._max_bytes = max_bytes
         self._spec = spec
         self._format = guess_format(spec) if input_format == "auto" else input_format
         # TFDS image datasets name the feature "image"; Examples written by TF tools "image/encoded".
@@ -193,11 +411,13 @@ class ReadImages(beam.PTransform):
         rejections = []
         if self._format == "tfds":
             name, split = parse_tfds(self._spec)
-            candidates = (pbegin
-                          | "TfdsRanges" >> beam.Create(tfds_ranges(name, split, self._data_dir, self._tfds_ranges))
-                          | "SpreadRanges" >> beam.Reshuffle()
-                          | "ReadTfds" >> beam.ParDo(_ReadTfdsRange(name, split, self._data_dir, self._image_feature)))
-            return candidates, pbegin | "NoRejections" >> beam.Create([])
+            read = (pbegin
+                    | "TfdsRanges" >> beam.Create(tfds_ranges(name, split, self._data_dir, self._tfds_ranges))
+                    | "SpreadRanges" >> beam.Reshuffle()
+                    | "ReadTfds" >> beam.ParDo(_ReadTfdsRange(name, split, self._data_dir, self._image_feature,
+                                                              self._max_bytes)).with_outputs(
+                        REJECTED, main="candidates"))
+            return read.candidates, read[REJECTED]
         if self._format == "list":
             listed = _listed_uris(pbegin, self._spec)
             rejections.append(listed[REJECTED])
@@ -205,12 +425,14 @@ class ReadImages(beam.PTransform):
             rejections.append(expanded[REJECTED])
             paths = expanded.uris
         else:
-            paths = (pbegin
-                     | "Pattern" >> beam.Create([self._spec])
-                     | "Match" >> fileio.MatchAll()
-                     | "Paths" >> beam.Map(lambda metadata: metadata.path))
+            matched = (pbegin
+                       | "Pattern" >> beam.Create([self._spec])
+                       | "Match" >> beam.ParDo(_MatchInput()).with_outputs(REJECTED, main="paths"))
+            rejections.append(matched[REJECTED])
+            paths = matched.paths
         paths = paths | "SpreadReads" >> beam.Reshuffle()
-        reader = _ReadTfrecordFile(self._image_feature) if self._format == "tfrecord" else _ReadImageFile()
+        reader = (_ReadTfrecordFile(self._image_feature, self._max_bytes) if self._format == "tfrecord"
+                  else _ReadImageFile(self._max_bytes))
         read = paths | "ReadFiles" >> beam.ParDo(reader).with_outputs(REJECTED, main="candidates")
         rejections.append(read[REJECTED])
         return read.candidates, tuple(rejections) | "MergeReadRejections" >> beam.Flatten()

@@ -28,7 +28,7 @@ STRATEGIES = ("auto", "cpu", "gpu", "tpu", "mirrored", "multi_worker")
 RESUME_INPUT = ("skip", "reseed")
 # Fields that must not change between a run and its resumption from a checkpoint.
 RESUME_INVARIANTS = ("model", "labeled", "pseudo", "batch_size", "pseudo_ratio", "seed", "num_classes",
-                     "hard_pseudo_labels", "precision")
+                     "hard_pseudo_labels", "precision", "pseudo_run_id")
 
 
 class ConfigError(ValueError):
@@ -41,6 +41,10 @@ class TrainConfig:
     labeled: str
     model_dir: str
     pseudo: str = None
+    # The labeling job (manifest.json run_nonce, or run_id before it existed) --pseudo holds.
+    # Filled in from the manifest when not given and recorded in config.json, so a resumed
+    # run refuses a relabelled directory.
+    pseudo_run_id: str = None
     pseudo_ratio: int = 3
     hard_pseudo_labels: bool = False
     pseudo_loss_weight: float = 1.0
@@ -141,7 +145,8 @@ def validate(config):
     if not config.pseudo:
         for flag, value, default in [("pseudo_ratio", config.pseudo_ratio, 3),
                                      ("hard_pseudo_labels", config.hard_pseudo_labels, False),
-                                     ("pseudo_loss_weight", config.pseudo_loss_weight, 1.0)]:
+                                     ("pseudo_loss_weight", config.pseudo_loss_weight, 1.0),
+                                     ("pseudo_run_id", config.pseudo_run_id, None)]:
             _require(value == default, flag, "only applies with --pseudo (pseudo-labeled TFRecords).")
     _require(config.pseudo_loss_weight >= 0, "pseudo_loss_weight", "must be >= 0.")
     _require(config.epochs > 0, "epochs", f"must be positive, got {config.epochs}.")

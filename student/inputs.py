@@ -16,13 +16,30 @@ without decoding images, the records of the current epoch that precede the posit
 (`Dataset.skip` before the augmentation);
 `--resume_input=reseed` skips nothing and starts a fresh permutation derived from the
 step instead (no replay cost, not bit-identical).
+
+Undecodable images. A record whose image does not decode (or fails to augment) does not
+stop training: it is skipped, and its slot in the batch is filled with a copy of another
+image of the same batch (with that image's target), or with a blank image and the
+record's own target when no image of the batch decodes. Every skip is printed to stderr
+with its stream position and a running count of the stream's skips since training
+(re)started, when its batch is prepared (prefetching runs a few batches ahead of the
+step); TF's log gets the decoder's error. Because a bad record only changes its own
+batch, and the substitute is chosen from that batch alone, step s still consumes exactly
+positions [s * B, (s + 1) * B) and a resumed run reproduces an uninterrupted one
+bit-for-bit; the price is one image counted twice in that step (rather than a batch that
+shifts every later step, which dropping the record would cause). A label outside
+[0, num_classes) is not "undecodable": it still stops training. An undecodable eval image
+is left out of the eval metrics (and printed).
 """
+
+import sys
 
 import tensorflow as tf
 
 from student import augment, pseudo
 
 _MAX_EPOCHS = 1 << 40
+_EVAL_CHUNK = 64  # eval images decoded together (and their failures counted) in one nested dataset
 LABELED_STREAM, PSEUDO_STREAM = 0, 1
 
 
@@ -69,6 +86,78 @@ def example_stream(records_for_epoch, num_records, start_position, seed, shuffle
     return tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(one_epoch).skip(offset)
 
 
+def _assemble(positions, targets, survivor_slots, survivor_images):
+    """One batch from the images that decoded (`survivor_*`, in slot order): (images, targets,
+    positions of the skipped examples). A skipped slot takes a copy of a decoded example of the
+    batch (image and target), dealt in turn; a blank image and its own target when none decoded."""
+    size = positions.shape[0]
+    decoded = tf.shape(survivor_slots)[0]
+    ones = tf.ones_like(survivor_slots)
+    present = tf.scatter_nd(survivor_slots[:, None], ones, [size]) > 0
+    skipped = tf.boolean_mask(positions, tf.logical_not(present))
+
+    def refill():
+        survivor_of_slot = tf.scatter_nd(survivor_slots[:, None], tf.range(decoded), [size])
+        turn = tf.cumsum(tf.cast(tf.logical_not(present), tf.int32), exclusive=True)
+        pick = tf.where(present, survivor_of_slot, turn % decoded)
+        return tf.gather(survivor_images, pick), tf.gather(targets, tf.gather(survivor_slots, pick))
+
+    def blank():
+        return tf.zeros([size, *survivor_images.shape[1:]], survivor_images.dtype), targets
+
+    images, targets = tf.cond(tf.equal(decoded, size), lambda: (survivor_images, targets),
+                              lambda: tf.cond(decoded > 0, refill, blank))
+    images.set_shape([size, *survivor_images.shape[1:]])
+    return images, targets, skipped
+
+
+def decode_batches(examples, image_transform, batch_size, image_shape):
+    """(position, encoded image, target) examples -> (images, targets, skipped positions) batches.
+
+    Exactly the batches of `examples.map(image_transform).batch(batch_size)` when every image
+    decodes; an image that does not is skipped and its slot refilled from its own batch
+    (`_assemble`), so every batch still holds the same positions. The images of a batch are
+    decoded in one small nested dataset (tf.data's only way to survive an error is to drop
+    the element: `ignore_errors`), two batches at a time.
+    """
+
+    def decode_batch(positions, encoded, targets):
+        slots = tf.range(batch_size)
+        survivors = (tf.data.Dataset.from_tensor_slices((slots, positions, encoded))
+                     .map(lambda slot, position, data: (slot, image_transform(position, data)),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                     .ignore_errors(log_warning=True)
+                     .batch(batch_size))
+        none_decoded = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), tf.zeros([0, *image_shape])))
+        return survivors.concatenate(none_decoded).take(1).map(
+            lambda survivor_slots, survivor_images: _assemble(positions, targets, survivor_slots, survivor_images))
+
+    return examples.batch(batch_size, drop_remainder=True).interleave(
+        decode_batch, cycle_length=2, block_length=1, num_parallel_calls=2, deterministic=True)
+
+
+def report_skipped(batches, stream_name):
+    """(images, targets, skipped positions) batches -> (images, targets), printing each skip."""
+
+    def report(total, batch):
+        images, targets, skipped = batch
+        count = tf.size(skipped, out_type=tf.int64)
+        total += count
+
+        def say():
+            message = tf.strings.format(
+                "student input: {} undecodable image(s) skipped in the " + stream_name + " stream at position(s) {} "
+                "(their batch slots reuse other images of the batch); {} skipped in this stream since training "
+                "(re)started", (count, skipped, total), summarize=-1)
+            with tf.control_dependencies([tf.print(message, output_stream=sys.stderr)]):
+                return tf.identity(total)
+
+        total = tf.cond(count > 0, say, lambda: total)
+        return total, (images, targets)
+
+    return batches.scan(tf.constant(0, tf.int64), report)
+
+
 class InputBuilder:
     """Builds the per-replica train and eval datasets for `distribute_datasets_from_function`."""
 
@@ -94,39 +183,46 @@ class InputBuilder:
         records_for_epoch, num_records = self.labeled_source.records(pipeline, pipelines)
         examples_per_step = self.config.batch_size // pipelines
         seed = self.stream_seed(LABELED_STREAM, pipeline, start_step)
-        randaugment = augment.make_randaugment(self.model_config)
         num_classes = self.num_classes
 
-        def transform(position, record):
+        def target(record):
+            # Outside the decode's error handling: a wrong label stops training, it is never skipped.
             label = record["label"]
             check = tf.debugging.assert_less(label, tf.constant(num_classes, tf.int64),
                                              message=f"label outside [0, {num_classes}) in --labeled")
             with tf.control_dependencies([check, tf.debugging.assert_non_negative(label)]):
-                image = augment.train_transform(record["image"], _fold(seed, position), self.model_config,
-                                                randaugment, self.config.crop_min_area, self.config.random_flip)
-            return image, tf.cast(label, tf.int32)
+                return tf.identity(tf.cast(label, tf.int32))
 
         stream = example_stream(records_for_epoch, num_records, self.start_position(start_step, examples_per_step),
                                 seed, self.config.shuffle_buffer)
-        return stream.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
-            per_replica_batch, drop_remainder=True)
+        return self._train_batches(stream, seed, target, per_replica_batch, "labeled")
 
     def _pseudo_batches(self, input_context, start_step, per_replica_batch):
         pipeline, pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
         records_for_epoch, num_records = self.pseudo_source.records(pipeline, pipelines)
         examples_per_step = self.config.pseudo_batch_size // pipelines
         seed = self.stream_seed(PSEUDO_STREAM, pipeline, start_step)
-        randaugment = augment.make_randaugment(self.model_config)
 
-        def transform(position, record):
-            image = augment.train_transform(record["image"], _fold(seed, position), self.model_config, randaugment,
-                                            self.config.crop_min_area, self.config.random_flip)
-            return image, pseudo.soft_targets(record, self.num_classes, self.config.hard_pseudo_labels)
+        def target(record):
+            return pseudo.soft_targets(record, self.num_classes, self.config.hard_pseudo_labels)
 
         stream = example_stream(records_for_epoch, num_records, self.start_position(start_step, examples_per_step),
                                 seed, self.config.shuffle_buffer)
-        return stream.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
-            per_replica_batch, drop_remainder=True)
+        return self._train_batches(stream, seed, target, per_replica_batch, "pseudo")
+
+    def _train_batches(self, stream, seed, target, per_replica_batch, stream_name):
+        """(position, record) stream -> (images, targets) batches, skipping undecodable images
+        (see the module docstring) without moving any example to another step."""
+        randaugment = augment.make_randaugment(self.model_config)
+        size = self.model_config.train_image_size
+
+        def image(position, encoded):
+            return augment.train_transform(encoded, _fold(seed, position), self.model_config, randaugment,
+                                           self.config.crop_min_area, self.config.random_flip)
+
+        examples = stream.map(lambda position, record: (position, record["image"], target(record)),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return report_skipped(decode_batches(examples, image, per_replica_batch, [size, size, 3]), stream_name)
 
     def train_dataset(self, input_context, start_step=0):
         """Per-replica batches {labeled_images, labels[, pseudo_images, pseudo_targets]}."""
@@ -148,17 +244,44 @@ class InputBuilder:
 
         Every pipeline reads the whole (small) eval set and keeps every num_pipelines-th
         record, then pads with masked batches to one length, so all replicas run the same
-        number of steps and each record is counted exactly once.
+        number of steps and each record is counted exactly once (an image that does not
+        decode is not counted: it is dropped, and printed).
         """
         pipeline, pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
         per_replica_batch = input_context.get_per_replica_batch_size(self.config.eval_batch_size)
         replicas_per_pipeline = self.config.eval_batch_size // per_replica_batch // pipelines
         records_for_epoch, num_records = self.eval_source.records(0, 1)
         size = self.model_config.eval_image_size
-        records = records_for_epoch().shard(pipelines, pipeline).map(
-            lambda record: {"images": augment.eval_transform(record["image"], self.model_config),
-                            "labels": tf.cast(record["label"], tf.int32), "mask": tf.constant(1.0)},
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+        def decode_chunk(encoded, labels):
+            # An eval image that does not decode is dropped: no metric counts it, and it is printed.
+            decoded = (tf.data.Dataset.from_tensor_slices((encoded, labels))
+                       .map(lambda data, label: (augment.eval_transform(data, self.model_config), label),
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                       .ignore_errors(log_warning=True)
+                       .batch(_EVAL_CHUNK))
+            nothing = tf.data.Dataset.from_tensors((tf.zeros([0, size, size, 3]), tf.zeros([0], tf.int32)))
+
+            def report(images, kept_labels):
+                dropped = tf.size(labels) - tf.size(kept_labels)
+
+                def say():
+                    message = tf.strings.format("student input: {} undecodable eval image(s) skipped; they are not "
+                                                "counted in the eval metrics", dropped)
+                    with tf.control_dependencies([tf.print(message, output_stream=sys.stderr)]):
+                        return tf.identity(dropped)
+
+                with tf.control_dependencies([tf.cond(dropped > 0, say, lambda: dropped)]):
+                    return tf.identity(images), tf.identity(kept_labels)
+
+            return decoded.concatenate(nothing).take(1).map(report).unbatch()
+
+        records = (records_for_epoch().shard(pipelines, pipeline)
+                   .map(lambda record: (record["image"], tf.cast(record["label"], tf.int32)))
+                   .batch(_EVAL_CHUNK)
+                   .interleave(decode_chunk, cycle_length=2, block_length=1, num_parallel_calls=2,
+                               deterministic=True)
+                   .map(lambda images, labels: {"images": images, "labels": labels, "mask": tf.constant(1.0)}))
         padding = tf.data.Dataset.from_tensors({"images": tf.zeros([size, size, 3]),
                                                 "labels": tf.constant(0, tf.int32),
                                                 "mask": tf.constant(0.0)}).repeat()

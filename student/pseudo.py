@@ -2,7 +2,11 @@
 
 Reads the output contract of `pipeline.label` (see the README): `manifest.json` next to
 the `train-*.tfrecord` shards is the commit marker of a finished run, so a directory
-without it is refused, as is a manifest whose schema or class count does not match.
+without it is refused, as is a manifest whose schema or class count does not match, or
+whose teacher class names (written by the job since they were added to the manifest)
+differ from the labeled data's, in order. Only the shards the manifest lists are read
+(the --pseudo glob selects among them), and student.train pins the manifest's run_nonce
+(else run_id) in config.json so a resumed run refuses a directory relabelled in between.
 
 Targets: the teacher's top-k probabilities renormalised over the top k (Noisy Student's
 soft targets at temperature 1 when the job ran with --temperature=1), or its full
@@ -11,6 +15,7 @@ distribution when the job wrote one, or the top-1 class as a one-hot with
 """
 
 import dataclasses
+import fnmatch
 import json
 import os
 
@@ -44,6 +49,15 @@ class PseudoSource:
     @property
     def teacher_id(self):
         return self.manifest["teacher"].get("teacher_id")
+
+    @property
+    def run_id(self):
+        """The labeling job these records come from (a resumed training run must see the same one).
+
+        The manifest's run_nonce is unique per job; its run_id only hashes the settings, so a
+        relabelling with the same settings would keep it. Older manifests have only run_id.
+        """
+        return self.manifest.get("run_nonce") or self.manifest.get("run_id")
 
     def records(self, pipeline_index=0, num_pipelines=1):
         """(records_for_epoch(order_seed=None), record count) of this pipeline's share.
@@ -101,8 +115,52 @@ def read_manifest(directory, flag="pseudo"):
             raise ConfigError(f"--{flag}: {path} is not valid JSON: {error}") from error
 
 
-def open_pseudo(pattern, labeled_num_classes, flag="pseudo"):
-    """Checks the manifest beside `pattern` against the labeled data; returns a PseudoSource."""
+def _class_names_problem(manifest_names, labeled_names):
+    """Why the teacher's class order differs from the labeled data's, or None when it does not."""
+    manifest_names, labeled_names = [str(n) for n in manifest_names], [str(n) for n in labeled_names]
+    if manifest_names == labeled_names:
+        return None
+    if len(manifest_names) != len(labeled_names):
+        return f"{len(manifest_names)} teacher classes, {len(labeled_names)} labeled classes"
+    first = next(i for i, (a, b) in enumerate(zip(manifest_names, labeled_names)) if a != b)
+    return f"class {first} is {manifest_names[first]!r} for the teacher but {labeled_names[first]!r} for --labeled"
+
+
+def _names_preview(names, limit=5):
+    shown = ", ".join(repr(str(name)) for name in list(names)[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)})"
+
+
+def manifest_files(pattern, manifest, path, flag="pseudo"):
+    """The shards the manifest lists that `pattern` selects, in order; every one must exist.
+
+    The manifest, not the directory listing, says which files belong to the run: a stray or
+    half-published shard beside them is never read. A glob may select a subset (one shard,
+    for a smoke run), matched against the listed names.
+    """
+    directory, name_pattern = os.path.dirname(pattern), os.path.basename(pattern)
+    listed = manifest["files"]["train"]
+    if not isinstance(listed, list) or not all(isinstance(name, str) and name == os.path.basename(name)
+                                               for name in listed):
+        raise ConfigError(f"--{flag}: {path} files.train must be a list of file names in that directory.")
+    selected = sorted(os.path.join(directory, name) for name in listed if fnmatch.fnmatchcase(name, name_pattern))
+    if not selected:
+        raise ConfigError(f"--{flag}={pattern} selects none of the {len(listed)} train files {path} lists "
+                          f"({', '.join(listed[:3])}{', ...' if len(listed) > 3 else ''}).")
+    missing = [name for name in selected if not tf.io.gfile.exists(name)]
+    if missing:
+        raise ConfigError(f"--{flag}: {path} lists {len(missing)} file(s) that are missing, e.g. {missing[0]}; "
+                          "the run was partly deleted, copied or is being replaced. Relabel or copy it whole.")
+    return selected
+
+
+def open_pseudo(pattern, labeled_num_classes, flag="pseudo", labeled_class_names=None):
+    """Checks the manifest beside `pattern` against the labeled data; returns a PseudoSource.
+
+    `labeled_class_names` (the labeled source's names, in class index order, when it knows
+    them) must equal the teacher's names the manifest records: the same count in another
+    order would silently permute every pseudo-label.
+    """
     directory = os.path.dirname(pattern)
     manifest = read_manifest(directory, flag)
     path = os.path.join(directory, MANIFEST_FILE)
@@ -120,10 +178,17 @@ def open_pseudo(pattern, labeled_num_classes, flag="pseudo"):
     if teacher_classes != labeled_num_classes:
         raise ConfigError(f"--{flag}: the teacher in {path} labeled {teacher_classes} classes but the labeled data "
                           f"(--labeled) has {labeled_num_classes}; pseudo and labeled targets must share classes.")
+    teacher_names = manifest["teacher"].get("class_names")
+    if teacher_names is not None and labeled_class_names is not None:
+        problem = _class_names_problem(teacher_names, labeled_class_names)
+        if problem:
+            raise ConfigError(f"--{flag}: the teacher in {path} names its classes {_names_preview(teacher_names)} "
+                              f"but the labeled data (--labeled) names them {_names_preview(labeled_class_names)}: "
+                              f"{problem}. Pseudo-label indices would mean other classes; relabel with a teacher "
+                              "of the labeled data's class order.")
     if not int(manifest["counts"]["written"]):
         counts = manifest["counts"]
         raise ConfigError(f"--{flag}: the labeling run in {directory} wrote no records (read "
                           f"{counts.get('read')}, rejected {counts.get('rejected')}, below --min_confidence "
                           f"{counts.get('below_threshold')}); there is nothing to co-train on.")
-    files = sources.matching_files(pattern, flag)
-    return PseudoSource(pattern, files, manifest)
+    return PseudoSource(pattern, manifest_files(pattern, manifest, path, flag), manifest)

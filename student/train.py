@@ -16,6 +16,7 @@ pipeline.label), so the student becomes the next teacher.
 
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -38,6 +39,9 @@ _HELP = {
     "labeled": "tfds:NAME, a TFRecord glob (image/encoded, image/class/label), or an image folder.",
     "model_dir": "Checkpoints, summaries, config.json, model.keras, teacher/ (local, gs://, ram://).",
     "pseudo": "Glob of the labeling job's train-*.tfrecord shards; manifest.json must sit beside them.",
+    "pseudo_run_id": "The labeling job id (manifest.json run_nonce, else run_id) --pseudo must hold; taken "
+                     "from the manifest when not given and recorded in config.json, so a resumed run refuses a "
+                     "relabelled directory.",
     "pseudo_ratio": "Pseudo-labeled images per labeled image in every batch (Noisy Student: 3).",
     "hard_pseudo_labels": "Train on the teacher's top-1 class (smoothed by --label_smoothing) instead of its "
                           "soft distribution.",
@@ -113,7 +117,21 @@ def _open_inputs(config, strategy):
         raise ConfigError(f"--num_classes={config.num_classes} but --labeled={config.labeled} has "
                           f"{labeled.num_classes} classes.")
     config.num_classes = labeled.num_classes
-    pseudo_source = pseudo.open_pseudo(config.pseudo, labeled.num_classes) if config.pseudo else None
+    pseudo_source = None
+    if config.pseudo:
+        # The labeled source's class order, or the one --class_names gives a source that has none.
+        labeled_names = labeled.class_names or (
+            directory.class_names_from(config.class_names, labeled.num_classes) if config.class_names else None)
+        pseudo_source = pseudo.open_pseudo(config.pseudo, labeled.num_classes, labeled_class_names=labeled_names)
+        if labeled_names is None or pseudo_source.manifest["teacher"].get("class_names") is None:
+            print(f"warning: the class order of {config.pseudo} could not be checked against --labeled (class "
+                  f"names unknown to {'--labeled (pass --class_names)' if labeled_names is None else 'its manifest'})",
+                  flush=True)
+        if config.pseudo_run_id and config.pseudo_run_id != pseudo_source.run_id:
+            raise ConfigError(f"--pseudo_run_id={config.pseudo_run_id} but {config.pseudo} holds labeling run "
+                              f"{pseudo_source.run_id!r}: the directory was relabelled since this training run "
+                              "started. Train on the original labels, or start a new --model_dir.")
+        config.pseudo_run_id = pseudo_source.run_id
     eval_source = None
     if config.eval or config.labeled.startswith("tfds:"):
         eval_source = sources.open_source(config.eval or config.labeled, split=config.eval_split,
@@ -206,6 +224,15 @@ def run(config):
             num_steps = min(config.steps_per_execution, total - step)
             labeled_loss, pseudo_loss, seconds = trainer.train_block(iterator, num_steps)
             step += num_steps
+            if not (math.isfinite(labeled_loss) and math.isfinite(pseudo_loss)):
+                # Nothing from here on is saved or exported: the weights may be NaN already.
+                steps = f"step {step}" if num_steps == 1 else f"steps {step - num_steps + 1}-{step} (mean)"
+                raise trainer_lib.NonFiniteError(
+                    f"the loss is not finite at {steps} of {total}: labeled loss {labeled_loss}, pseudo loss "
+                    f"{pseudo_loss}. Training stopped without checkpointing or exporting; "
+                    f"{trainer.checkpoint_directory} keeps the last finite checkpoint "
+                    f"({tf.train.latest_checkpoint(trainer.checkpoint_directory) or 'none yet'}). Lower "
+                    "--base_learning_rate or check the inputs, then rerun to resume from it.")
             # The first call of a process traces and compiles; its time would understate
             # images/s, so it is measured only when nothing else is.
             if warmed_up or step % config.log_every == 0 or step == total:
@@ -257,7 +284,7 @@ def _main(argv):
 def main():
     try:
         app.run(_main)
-    except ConfigError as error:
+    except (ConfigError, trainer_lib.NonFiniteError) as error:
         sys.exit(f"student.train: {error}")
 
 

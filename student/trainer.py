@@ -22,6 +22,10 @@ from teacher import devices
 CHECKPOINT_DIR = "checkpoints"
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN or infinite loss or weight: it stops, saving and exporting nothing more."""
+
+
 def make_strategy(kind, tpu=None):
     """cpu/gpu/tpu/auto as teacher.devices; plus `mirrored` and `multi_worker`.
 
@@ -115,7 +119,20 @@ class Trainer:
             tf.io.gfile.rmtree(self.manager.directory)
 
     def save(self):
+        """Checkpoints the current step; refuses (NonFiniteError) weights that hold a NaN or an
+        infinity, so the latest checkpoint is always one training can resume from."""
+        if not bool(self._weights_are_finite()):
+            raise NonFiniteError(
+                f"the weights after step {self.step} are not finite (a NaN or infinite update), so they were not "
+                f"checkpointed; {self.checkpoint_directory} keeps the last finite checkpoint "
+                f"({tf.train.latest_checkpoint(self.checkpoint_directory) or 'none yet'}). Lower "
+                "--base_learning_rate or check the inputs, then rerun to resume from it.")
         return self.manager.save(checkpoint_number=self.step)
+
+    @tf.function
+    def _weights_are_finite(self):
+        values = [variable.value for variable in self.model.variables]  # the tf.Variables under Keras'
+        return tf.reduce_all([tf.reduce_all(tf.math.is_finite(value)) for value in values if value.dtype.is_floating])
 
     def _gradients(self, batch):
         """Per-replica losses and gradients of one mixed batch (labeled first, then pseudo)."""

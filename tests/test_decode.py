@@ -118,3 +118,58 @@ def test_decode_dofn_routes_rejections_to_a_tagged_output():
                     equal_to([("a.png", decode.content_key(good), (32, 48, 3))]), label="Decoded")
         assert_that(outputs[decode.REJECTED] | beam.Map(lambda r: (r.uri, r.category, r.stage)),
                     equal_to([("b.jpg", "empty", "decode")]), label="Rejected")
+
+
+def _truncated_idat_png(rows=12, height=24, width=32):
+    """A well-framed PNG whose complete zlib stream holds only `rows` rows: Pillow fills the
+    others with zeros, tf.io.decode_image refuses the file."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pixels = np.random.default_rng(5).integers(1, 256, (height, width, 3), dtype=np.uint8)
+    raw = b"".join(b"\0" + pixels[y].tobytes() for y in range(rows))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_a_png_tf_cannot_decode_is_stored_re_encoded_as_the_teacher_saw_it():
+    data = _truncated_idat_png()
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_image(data, channels=3)
+    pixels, stored, _ = decode.decode(data, MAX_PIXELS)
+    assert not pixels[12:].any() and pixels[:12].all()  # Pillow's reading: missing rows are zeros
+    assert stored != data
+    np.testing.assert_array_equal(tf.io.decode_image(stored, channels=3).numpy(), pixels)
+
+
+def test_a_jpeg_tf_reads_like_pillow_still_passes_through():
+    data = _encode(Image.fromarray(_gradient(200, 100)), "JPEG", quality=95)
+    pixels, stored, _ = decode.decode(data, MAX_PIXELS)
+    assert stored == data
+    # The student's default (fast) IDCT differs from Pillow's by rounding only.
+    assert np.abs(tf.io.decode_image(stored, channels=3).numpy().astype(int) - pixels).mean() < 2
+
+
+@pytest.mark.parametrize("image_format", ["TIFF", "ICO", "PPM", "TGA", "PCX"])
+def test_formats_outside_the_allowed_five_are_refused_whatever_the_name(image_format):
+    data = _encode(Image.fromarray(_gradient()), image_format)
+    with pytest.raises(decode.ImageRejected, match="^undecodable: not a JPEG, PNG, GIF, BMP or WEBP image"):
+        decode.decode(data, MAX_PIXELS)
+
+
+def test_pillow_process_state_is_left_alone():
+    # Importing and using the decoder must not switch off Pillow's bomb guard for the process.
+    decode.decode(_encode(Image.fromarray(_gradient()), "PNG"), MAX_PIXELS)
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's default
+
+
+def test_max_pixels_above_pillows_own_limit_is_honoured():
+    # 200M pixels: over Pillow's error limit (2 x 89.5M), under this --max_pixels. The header is
+    # accepted (the fake image data then fails to decode), not refused as a bomb.
+    with pytest.raises(decode.ImageRejected, match="^undecodable: .*truncated"):
+        decode.decode(png_header_claiming(20000, 10000), 300_000_000)
+    with pytest.raises(decode.ImageRejected, match="20000x10000 = 200000000 pixels > --max_pixels=100000000"):
+        decode.decode(png_header_claiming(20000, 10000), 100_000_000)
