@@ -239,7 +239,11 @@ _CACHE_LOCK = threading.Lock()
 
 def load(path, batch_size=64, precision="float32", strategy=None, jit_compile=None):
     """The `Teacher` at `path`, loaded once per process for each set of options."""
-    key = (path, batch_size, precision, id(strategy), jit_compile)
+    try:  # "auto" and None, "xla" and True, ... are one teacher: load (and measure) it once
+        mode = hardware.parse_jit_compile(jit_compile)
+    except ValueError:
+        mode = jit_compile  # Teacher raises the clear error
+    key = (path, batch_size, precision, id(strategy), mode)
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = Teacher(path, batch_size, precision, strategy, jit_compile)

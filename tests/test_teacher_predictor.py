@@ -246,3 +246,10 @@ def test_bfloat16_without_cpu_support_warns(teacher_dir, monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         predictor.Teacher(teacher_dir, batch_size=4, precision="float32", jit_compile="graph")
     assert "bfloat16" not in caplog.text
+
+
+def test_load_shares_one_teacher_per_compile_mode_spelling(teacher_dir):
+    assert teacher.load(teacher_dir, batch_size=3, jit_compile="graph") is teacher.load(
+        teacher_dir, batch_size=3, jit_compile=False)
+    assert teacher.load(teacher_dir, batch_size=3, jit_compile="xla") is not teacher.load(
+        teacher_dir, batch_size=3, jit_compile="graph")
