@@ -113,7 +113,7 @@ class Facts(beam.PTransform):
 
 
 def stats_document(facts, class_names):
-    """The `stats.json` document from the facts (see the output contract in DESIGN.md)."""
+    """The `stats.json` document from the facts (see the output contract in docs/design.md)."""
     num_classes = len(class_names)
 
     def get(name, index):
