@@ -8,10 +8,10 @@ CHROMIUM := $(VENV)/.chromium
 
 .PHONY: demo test bench clean
 
-$(INSTALLED): setup.py
+$(INSTALLED): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
