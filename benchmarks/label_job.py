@@ -82,7 +82,8 @@ def throughput(model_name, count, batch_size, workdir):
     bare = count / (time.perf_counter() - start)
     start = time.perf_counter()
     label.run([f"--teacher={teacher_dir}", f"--input={images_dir}/*", f"--output={workdir}/labels",
-               f"--min_batch_size={batch_size}", f"--max_batch_size={batch_size}", "--min_confidence=0"])
+               f"--min_batch_size={batch_size}", f"--max_batch_size={batch_size}", "--min_confidence=0",
+               "--allow_random_teacher"])
     job = count / (time.perf_counter() - start)
     return {"images": count, "bare_teacher_images_per_s": round(bare, 2), "job_images_per_s": round(job, 2),
             "job_over_bare": round(job / bare, 3), "teacher_compile_mode": loaded.compile_mode}
@@ -109,7 +110,8 @@ def peak_memory(sizes, workdir):
         os.makedirs(folder)
         write_tiny_pngs(folder, size)
         command = [sys.executable, "-m", "pipeline.label", f"--teacher={teacher_dir}", f"--input={folder}/*",
-                   f"--output={workdir}/labels_{size}", "--min_confidence=0", "--max_batch_size=64"]
+                   f"--output={workdir}/labels_{size}", "--min_confidence=0", "--max_batch_size=64",
+                   "--allow_random_teacher"]
         start = time.perf_counter()
         # Linux counts a forked child's copy of its parent's memory in the child's maxrss, and
         # this process holds a resnet_rs_50 by now; a small fresh process starts the job instead.

@@ -96,6 +96,11 @@ def existing_outputs(output):
     return found
 
 
+def pending_claims(output):
+    """Paths of `_committing-*` claims in `output`: a job committing now, or one killed mid-commit."""
+    return sorted(_paths(FileSystems.join(output, f"{CLAIM_PREFIX}*")).values())
+
+
 def read_manifest(output):
     """The manifest of a committed run in `output`, or None."""
     data = _read_bytes(FileSystems.join(output, MANIFEST_FILE))

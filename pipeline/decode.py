@@ -27,13 +27,16 @@ downscaled to --max_side when set. So every record decodes with `tf.io.decode_im
 the student's crop) to what the teacher saw (up to --max_side, and JPEG's lossy re-encoding).
 """
 
+import contextlib
 import hashlib
 import io
 import struct
+import threading
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from apache_beam.utils import shared
 from PIL import Image, ImageOps
 
 from models import preprocessing
@@ -46,6 +49,9 @@ _LOSSY_FORMATS = {"JPEG", "WEBP", "MPO"}
 # What the student's decoder (tf.io.decode_image) reads too; Pillow plugin ids.
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 _HEADER_BYTES = 16  # what Pillow's format checks look at
+# Per worker process: any 8-bit image up to the default --max_pixels (100 MP: 2.3 GB, or
+# 2.7 GB with alpha) fits alone; 32-bit grayscale of that size is refused.
+DEFAULT_DECODE_MEMORY_MB = 3072
 
 
 class ImageRejected(Exception):
@@ -100,9 +106,16 @@ def _open_checked(data, max_pixels):
 
 
 def _to_rgb(image):
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if image.mode.startswith("I;16"):
+        # round(v * 255 / 65535) == round(v / 257), never a tie, so integers give the exact
+        # result in 8 bytes per pixel where float64 arithmetic needed 24.
+        pixels = np.asarray(image).astype(np.uint32)
+        pixels += 128
+        pixels //= 257
+        image = Image.fromarray(pixels.astype(np.uint8), "L")
+    elif image.mode == "I":
         pixels = np.asarray(image, dtype=np.float64)
-        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 1.0
+        scale = 255.0 / 65535.0 if pixels.max() > 255 else 1.0
         image = Image.fromarray(np.clip(np.round(pixels * scale), 0, 255).astype(np.uint8), "L")
     elif image.mode == "F":
         pixels = np.asarray(image, dtype=np.float64)
@@ -136,22 +149,38 @@ def _student_reads_the_same(data, source_format, pixels):
             decoded = preprocessing.decode_image(data)
     except (tf.errors.OpError, ValueError):
         return False
-    return tuple(decoded.shape) == pixels.shape and np.array_equal(decoded.numpy(), pixels)
+    if tuple(decoded.shape) != pixels.shape:
+        return False
+    decoded = decoded.numpy()
+    # Row blocks: one whole-image comparison would allocate another 3 bytes per pixel.
+    rows = max(1, (1 << 22) // max(1, pixels.shape[1] * 3))
+    return all(np.array_equal(decoded[top:top + rows], pixels[top:top + rows])
+               for top in range(0, pixels.shape[0], rows))
 
 
-def decode(data, max_pixels, max_side=0):
+def decode(data, max_pixels, max_side=0, memory=None):
     """(uint8 pixels (H, W, 3) the teacher sees, bytes to store, thumbnail JPEG bytes).
 
-    Raises ImageRejected with a reason for anything that is not a usable image.
+    `memory`: a DecodeMemory budget the decode reserves its estimated peak from (and waits
+    for) between reading the header and decoding. Raises ImageRejected with a reason for
+    anything that is not a usable image, including one that alone exceeds the budget.
     """
     image = _open_checked(data, max_pixels)
+    if memory is None:
+        return _decode_opened(image, data, max_side)
+    with memory.reserve(decode_peak_bytes(image), f"{image.size[0]}x{image.size[1]} {image.mode}"):
+        return _decode_opened(image, data, max_side)
+
+
+def _decode_opened(image, data, max_side):
     source_format = image.format
     try:
         image.seek(0)
         image.load()
         rotated = image.getexif().get(0x0112, 1) not in (0, 1)  # EXIF orientation tag
         original_mode = image.mode
-        rgb = _to_rgb(ImageOps.exif_transpose(image))
+        ImageOps.exif_transpose(image, in_place=True)  # a copy would cost 4 more bytes per pixel
+        rgb = _to_rgb(image)
     except Exception as error:  # truncated data, bad chunks, unsupported modes
         raise ImageRejected(f"undecodable: {type(error).__name__}: {error}") from error
 
@@ -170,25 +199,88 @@ def decode(data, max_pixels, max_side=0):
         # the student still sees exactly the teacher's pixels.
         stored = (_encode(kept, "JPEG", quality=95) if source_format in _LOSSY_FORMATS and not eligible
                   else _encode(kept, "PNG", optimize=False))
-    thumbnail = rgb.copy()
-    thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BICUBIC)
-    return pixels, stored, _encode(thumbnail, "JPEG", quality=80)
+    return pixels, stored, _encode(_thumbnail(rgb), "JPEG", quality=80)
+
+
+def _thumbnail(rgb):
+    """What Image.thumbnail makes, without its full-size copy of the image."""
+    width, height = rgb.size
+    scale = min(1.0, THUMBNAIL_SIDE / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0) if scale < 1 else rgb
+
+
+# Peak bytes per pixel of `decode` above its input, measured (peak RSS, 3000x3000 noise
+# images, Pillow 12.3, TF 2.21, AMD EPYC): RGB PNG 19.0, WebP 18.7, JPEG 13.4, GIF 11.0,
+# BMP 10.0; RGBA PNG 20.0 (the alpha composite's copies); L PNG 14.5; P PNG 11.0; 16-bit
+# grayscale PNG 14.5. Noise is the worst case for the re-encoded copy. The estimates below
+# add ~20% for other machines and versions; tests/test_decode_memory.py re-measures them.
+# The (H, W, 3) pixels handed on to the teacher (3 bytes per pixel) outlive the reservation.
+_PEAK_BYTES_PER_PIXEL = {"RGBA": 28, "LA": 28, "PA": 28, "P": 28,  # P may carry transparency
+                         "I": 40, "F": 40}  # 32-bit modes go through float64
+_DEFAULT_PEAK_BYTES_PER_PIXEL = 24
+
+
+def decode_peak_bytes(image):
+    """Estimated peak memory of decoding an opened (header-only) image, in bytes."""
+    width, height = image.size
+    return width * height * _PEAK_BYTES_PER_PIXEL.get(image.mode, _DEFAULT_PEAK_BYTES_PER_PIXEL)
+
+
+class DecodeMemory:
+    """A process-wide budget of decode memory, shared by the threads decoding in one worker.
+
+    Beam runs a DoFn instance per bundle-processing thread (Dataflow: 12 per SDK process),
+    so per-image --max_pixels alone allows a dozen of the largest images at once. A decode
+    waits until its estimated peak fits beside the others'; one that could never fit is
+    rejected. A Condition rather than a Semaphore: reservations differ in size.
+    """
+
+    def __init__(self, limit_bytes):
+        self.limit_bytes = limit_bytes
+        self.in_use = 0
+        self.peak_in_use = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes, what):
+        if nbytes > self.limit_bytes:
+            raise ImageRejected(f"too_much_memory: decoding {what} needs about {nbytes >> 20} MB > "
+                                f"--decode_memory_mb={self.limit_bytes >> 20} (refused before decoding)")
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_use + nbytes <= self.limit_bytes)
+            self.in_use += nbytes
+            self.peak_in_use = max(self.peak_in_use, self.in_use)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= nbytes
+                self._changed.notify_all()
 
 
 class DecodeImages(beam.DoFn):
     """Candidate -> (StoredImage, pixels); undecodable inputs to the `rejected` output."""
 
-    def __init__(self, max_pixels, max_side):
+    def __init__(self, max_pixels, max_side, decode_memory_mb=DEFAULT_DECODE_MEMORY_MB):
         self._max_pixels = max_pixels
         self._max_side = max_side
+        self._memory_limit = decode_memory_mb << 20
+        # Beam's Shared hands every DoFn instance (thread) of one worker process the same budget.
+        self._shared_memory = shared.Shared()
+        self._memory = None
         self._decoded = beam.metrics.Metrics.counter("Decode", "decoded")
         self._rejected = beam.metrics.Metrics.counter("Decode", "rejected")
         self._bytes = beam.metrics.Metrics.distribution("Decode", "input_bytes")
 
+    def setup(self):
+        limit = self._memory_limit
+        self._memory = self._shared_memory.acquire(lambda: DecodeMemory(limit), tag=f"decode-memory-{limit}")
+
     def process(self, candidate):
         self._bytes.update(len(candidate.data))
         try:
-            pixels, stored, thumbnail = decode(candidate.data, self._max_pixels, self._max_side)
+            pixels, stored, thumbnail = decode(candidate.data, self._max_pixels, self._max_side, self._memory)
         except ImageRejected as rejection:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTED, Rejection(candidate.uri, str(rejection), "decode"))

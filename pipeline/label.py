@@ -16,7 +16,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions, TestOptions
 
-from pipeline import commit, decode, inference, options, records, selection, sources, stats, write
+from models import cli
+from pipeline import (beam_flags, commit, decode, inference, options, progress, records, selection, sources, stats,
+                      write)
 from pipeline.options import UsageError
 from teacher import metadata as teacher_metadata
 
@@ -36,8 +38,8 @@ def build(pipeline, settings, meta):
     run_nonce = commit.new_run_nonce()
     staging = commit.staging_dir(s.output, s.run_id(), run_nonce)
     previous = commit.manifest_fingerprint(s.output)  # the run --overwrite may replace, rechecked at commit
-    candidates, read_rejections = pipeline | "ReadImages" >> sources.ReadImages(
-        s.input, s.input_format, s.image_feature, s.data_dir, s.tfds_ranges, s.max_bytes)
+    read = sources.ReadImages(s.input, s.input_format, s.image_feature, s.data_dir, s.tfds_ranges, s.max_bytes)
+    candidates, read_rejections = pipeline | "ReadImages" >> read
     rejection_sets = [read_rejections]
     read_total = ((candidates | "CandidatesSeen" >> beam.Map(lambda c: c.uri),
                    read_rejections | "ReadRejectionsSeen" >> beam.Map(lambda r: r.uri))
@@ -47,7 +49,7 @@ def build(pipeline, settings, meta):
         candidates = unique.unique
         rejection_sets.append(unique[selection.REJECTED])
     decoded = candidates | "Decode" >> beam.ParDo(
-        decode.DecodeImages(s.max_pixels, s.max_side)).with_outputs(decode.REJECTED, main="images")
+        decode.DecodeImages(s.max_pixels, s.max_side, s.decode_memory_mb)).with_outputs(decode.REJECTED, main="images")
     rejection_sets.append(decoded[decode.REJECTED])
     handler = inference.TeacherModelHandler(
         s.teacher, top_k=s.top_k, temperature=s.temperature, full_distribution=s.full_distribution,
@@ -83,14 +85,18 @@ def build(pipeline, settings, meta):
         "settings": s.to_manifest(),
         "input": s.input,
     }
-    return facts | "Commit" >> beam.ParDo(commit.Commit(s.output, staging, manifest_base, meta.class_names,
-                                                        run_nonce, previous, s.overwrite))
+    manifest = facts | "Commit" >> beam.ParDo(commit.Commit(s.output, staging, manifest_base, meta.class_names,
+                                                            run_nonce, previous, s.overwrite))
+    if s.progress_every_s:  # images done / found, as Beam counters; printed while a local run works
+        progress.track(s.progress_every_s, pipeline.runner, read.found, labeled, rejected, manifest)
+    return manifest
 
 
 def run(argv=None, test_pipeline=None):
     """Parses flags, checks them, runs the job and waits for it. Returns the PipelineResult.
 
-    Raises UsageError before any work for a wrong flag, a missing input or a non-teacher.
+    Raises UsageError before any work for a wrong flag, a missing input, a non-teacher, or a
+    randomly initialised teacher without --allow_random_teacher.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     settings, beam_args = options.parse(argv)
@@ -106,6 +112,7 @@ def run(argv=None, test_pipeline=None):
     meta = _teacher_metadata(settings.teacher)
     settings = options.resolve(settings, meta.num_classes)
     options.validate(settings, meta.num_classes)
+    _check_random_teacher(settings, meta)
     # Everything the workers run lives in installed packages (--setup_file ships them), so
     # the main session need not be pickled.
     pipeline_options.view_as(SetupOptions).save_main_session = False
@@ -117,13 +124,30 @@ def run(argv=None, test_pipeline=None):
     return result
 
 
+def _check_random_teacher(settings, meta):
+    # A teacher exported with --model and no --weights labels at random: refused, since the
+    # mistake would otherwise surface only after a student trained on noise.
+    if not meta.random_init:
+        return
+    if not settings.allow_random_teacher:
+        raise UsageError(f"--teacher={settings.teacher} is a randomly initialised {meta.model_name} (teacher.json "
+                         "random_init: true): its labels would be noise. Export a trained teacher (python -m "
+                         "teacher.export --model_dir=RUN, or --model=NAME --weights=FILE), or pass "
+                         "--allow_random_teacher for a smoke test.")
+    sys.stderr.write(f"{options.PROG}: warning: --teacher={settings.teacher} is randomly initialised "
+                     "(--allow_random_teacher): its labels are noise.\n")
+
+
 def main():
     argv = sys.argv[1:]
-    try:
-        settings, _ = options.parse(argv)
-        result = run(argv)
-    except UsageError as error:
-        sys.exit(f"pipeline.label: {error}")
+    if cli.wants_help(argv):
+        sys.stdout.write(options.help_text(__doc__))
+        return
+    if beam_flags.HELP_FLAG in argv:
+        beam_flags.print_help(options.PROG)
+        return
+    settings, _ = cli.run_main(options.PROG, lambda: options.parse(argv))
+    result = cli.run_main(options.PROG, lambda: run(argv))
     manifest = commit.read_manifest(settings.output)
     if manifest:  # absent after a --dry_run, or while a non-blocking runner's job is still running
         counts = ", ".join(f"{name} {value}" for name, value in manifest["counts"].items())

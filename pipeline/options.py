@@ -4,6 +4,7 @@ Job flags are absl flags on a private FlagValues (so the job can be run many tim
 process, and never clashes with another module's flags); everything absl does not know is
 handed to Beam's PipelineOptions unchanged, after checking Beam knows it too, because Beam
 itself only warns about an unknown option and would run the job without it.
+--help shows these flags in GROUPS (models/cli.py has the conventions every CLI shares).
 """
 
 import dataclasses
@@ -12,12 +13,19 @@ import json
 
 from absl import flags
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options import pipeline_options
 
-from pipeline import commit, sources
+from models import cli
+from pipeline import beam_flags, commit, decode, sources
+
+PROG = "pipeline.label"
+REQUIRED = ("teacher", "input", "output")
+# A permission, not a labeling setting: it changes no label, so neither the run id nor the
+# manifest's settings record it (the manifest's teacher.random_init says what matters).
+# --progress_every_s only changes what the job prints while it runs.
+NOT_SETTINGS = ("allow_random_teacher", "progress_every_s")
 
 
-class UsageError(ValueError):
+class UsageError(cli.UsageError):
     """A flag is missing, unknown, out of range or contradicts another; names the flag."""
 
 
@@ -40,6 +48,7 @@ class LabelSettings:
     max_side: int = 0
     max_pixels: int = 100_000_000
     max_bytes: int = sources.DEFAULT_MAX_BYTES
+    decode_memory_mb: int = decode.DEFAULT_DECODE_MEMORY_MB
     num_shards: int = 16
     rejected_shards: int = 1
     min_batch_size: int = 1
@@ -51,14 +60,17 @@ class LabelSettings:
     share_model_across_processes: bool = False
     thumbnails_per_class: int = 4
     overwrite: bool = False
+    allow_random_teacher: bool = False
+    progress_every_s: float = 10.0
 
     def run_id(self):
         """Deterministic id of a run's settings (no wall clock): names its staging dir."""
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_SETTINGS}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_manifest(self):
         keep = dataclasses.asdict(self)
-        for name in ("teacher", "input", "output", "overwrite"):
+        for name in ("teacher", "input", "output", "overwrite", *NOT_SETTINGS):
             keep.pop(name)
         return keep
 
@@ -89,6 +101,9 @@ def define_flags():
     flags.DEFINE_bool("full_distribution", defaults.full_distribution, "Also store every class probability.", **f)
     flags.DEFINE_integer("max_side", defaults.max_side, "Downscale stored images to this side (0: keep).", **f)
     flags.DEFINE_integer("max_pixels", defaults.max_pixels, "Reject images with more pixels, before decoding.", **f)
+    flags.DEFINE_integer("decode_memory_mb", defaults.decode_memory_mb, "Decode memory per worker process, "
+                         "shared by its threads: a decode waits until its estimated peak fits; an image that "
+                         "alone needs more is rejected (too_much_memory).", **f)
     flags.DEFINE_integer("max_bytes", defaults.max_bytes, "Reject input images of more bytes, before reading them "
                          "(files: from the listing's size, and no read goes further).", **f)
     flags.DEFINE_integer("num_shards", defaults.num_shards, "train-* shards.", **f)
@@ -107,39 +122,46 @@ def define_flags():
     flags.DEFINE_integer("thumbnails_per_class", defaults.thumbnails_per_class,
                          "Most and least confident examples per class kept for the report.", **f)
     flags.DEFINE_bool("overwrite", False, "Replace a committed run in --output (atomically, at commit).", **f)
+    flags.DEFINE_float("progress_every_s", defaults.progress_every_s, "Local runs: print images done / total, "
+                       "img/s and ETA to stderr at most this often (0: never). Remote runners: the Progress/* "
+                       "counters.", **f)
+    flags.DEFINE_bool("allow_random_teacher", False, "Label with a randomly initialised teacher (teacher.json "
+                      "random_init: true), whose labels are noise: for smoke tests and benchmarks only.", **f)
+    flags.DEFINE_bool(cli.TF_LOGS, False, cli.TF_LOGS_HELP, **f)
     return values
 
 
-def _beam_unknown(args):
-    """The args in `args` that no registered Beam PipelineOptions class defines."""
-    parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)
-    for cls in pipeline_options.PipelineOptions.__subclasses__():
-        _add_all(cls, parser)
-    _, unknown = parser.parse_known_args(args)
-    return [arg for arg in unknown if arg.startswith("-")]
+# --help's sections; a flag missing here is listed under "Other flags" (models/cli.py).
+GROUPS = (
+    ("Input", ["input", "input_format", "image_feature", "data_dir", "tfds_ranges", "max_bytes", "max_pixels",
+               "decode_memory_mb"]),
+    ("Teacher", ["teacher", "allow_random_teacher", "top_k", "temperature", "full_distribution"]),
+    ("Selection", ["min_confidence", "per_class", "balance", "dedup"]),
+    ("Output", ["output", "overwrite", "num_shards", "rejected_shards", "max_side", "thumbnails_per_class"]),
+    ("Runtime", ["teacher_strategy", "tpu", "precision", "jit_compile", "min_batch_size", "max_batch_size",
+                 "share_model_across_processes", "progress_every_s", cli.TF_LOGS]),
+)
 
 
-def _add_all(cls, parser, seen=None):
-    seen = set() if seen is None else seen
-    if cls in seen:
-        return
-    seen.add(cls)
-    cls._add_argparse_args(parser)
-    for sub in cls.__subclasses__():
-        _add_all(sub, parser, seen)
+def help_text(doc):
+    """--help: `doc` (the job's usage), then the job's own flags by group, then how to see Beam's."""
+    values = define_flags()
+    groups = [(title, [name for name in names if name in values]) for title, names in GROUPS]
+    return cli.help_text(doc, values, groups, REQUIRED, beam_flags.FOOTER)
 
 
 def parse(argv):
     """argv (without the program name) -> (LabelSettings, Beam args). Raises UsageError."""
     values = define_flags()
     try:
-        beam_args = values(["label", *argv], known_only=True)[1:]
+        beam_args = values([PROG, *argv], known_only=True)[1:]
     except flags.Error as error:
-        raise UsageError(str(error)) from error
-    unknown = _beam_unknown(beam_args)
+        raise UsageError(cli.flag_error_message(error, values)) from error
+    unknown = beam_flags.unknown(beam_args)
     if unknown:
-        raise UsageError(f"Unknown flag(s) {unknown}: not a flag of pipeline.label nor a Beam pipeline option.")
-    for name in ("teacher", "input", "output"):
+        candidates = cli.flag_names(values) + beam_flags.option_names() + [beam_flags.HELP_FLAG[2:]]
+        raise UsageError(cli.unknown_flags_message(unknown, candidates))
+    for name in REQUIRED:
         if not values[name].value:
             raise UsageError(f"--{name} is required.")
     fields = {f.name for f in dataclasses.fields(LabelSettings)}
@@ -168,6 +190,7 @@ def validate(settings, num_classes):
          "--balance=duplicate needs --per_class (the count each class is filled to)"),
         (s.max_side >= 0, f"--max_side={s.max_side} must be >= 0"),
         (s.max_pixels > 0, f"--max_pixels={s.max_pixels} must be > 0"),
+        (s.decode_memory_mb > 0, f"--decode_memory_mb={s.decode_memory_mb} must be > 0"),
         # 2 GiB - 1: a protobuf message (the record that stores the image) cannot be larger.
         (0 < s.max_bytes < 1 << 31, f"--max_bytes={s.max_bytes} must be between 1 and {(1 << 31) - 1}"),
         (s.num_shards >= 1 and s.rejected_shards >= 1, "--num_shards and --rejected_shards must be >= 1"),
@@ -175,6 +198,7 @@ def validate(settings, num_classes):
          f"--min_batch_size={s.min_batch_size} must be >= 1 and <= --max_batch_size={s.max_batch_size}"),
         (s.thumbnails_per_class >= 0, "--thumbnails_per_class must be >= 0"),
         (s.tfds_ranges >= 1, "--tfds_ranges must be >= 1"),
+        (s.progress_every_s >= 0, f"--progress_every_s={s.progress_every_s} must be >= 0 (0: no progress)"),
         (not (s.tpu and s.teacher_strategy not in ("auto", "tpu")),
          f"--tpu={s.tpu} contradicts --teacher_strategy={s.teacher_strategy}"),
     ]
@@ -182,6 +206,11 @@ def validate(settings, num_classes):
         if not ok:
             raise UsageError(message + ".")
     _check_input(s)
+    claims = commit.pending_claims(s.output)
+    if claims:  # checked here too, so a stale claim fails this run before, not after, its inference
+        raise UsageError(f"--output={s.output} holds {claims[0]}: another labeling job is committing there, or one "
+                         "was killed mid-commit. If no other job is running, delete that file and rerun with "
+                         "--overwrite.")
     if commit.existing_outputs(s.output) and not s.overwrite:
         raise UsageError(f"--output={s.output} already holds a labeling run; pass --overwrite to replace it "
                          "(the new run replaces it only once it has finished).")

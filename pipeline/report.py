@@ -21,10 +21,16 @@ from absl import flags
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import report_html, report_summary
+from models import cli
+from pipeline import beam_flags, report_html, report_summary
 from pipeline.report_summary import ReportError
 
+PROG = "pipeline.report"
 FORMATS = ("html", "text", "json")
+
+
+class ReportUsageError(ReportError, cli.UsageError):
+    """A flag or flag combination of the report is wrong (exit 2; other ReportErrors exit 1)."""
 
 
 def define_flags():
@@ -46,23 +52,33 @@ def define_flags():
                          "says.", **f)
     flags.DEFINE_integer("chart_classes", 40, "Classes shown in the per-class chart (the table has all).", **f)
     flags.DEFINE_integer("thumbnail_classes", 24, "Classes whose example thumbnails the report shows.", **f)
+    flags.DEFINE_bool(cli.TF_LOGS, False, cli.TF_LOGS_HELP + " (TensorFlow loads only for --holdout.)", **f)
     return values
+
+
+# --help's sections; a flag missing here is listed under "Other flags" (models/cli.py).
+GROUPS = (
+    ("Input", ["labels", "teacher", "holdout", "holdout_limit"]),
+    ("Output", ["output", "format", "chart_classes", "thumbnail_classes"]),
+    ("Recompute", ["recompute", "num_classes"]),
+    ("Runtime", [cli.TF_LOGS]),
+)
 
 
 def build_report(labels, output=None, output_format="html", holdout=None, holdout_limit=None, teacher_path=None,
                  recompute=False, num_classes=None, beam_args=(), chart_classes=40, thumbnail_classes=24):
     """Writes the HTML report (when `output` is set) and returns (summary dict, text to print)."""
     if output_format not in FORMATS:
-        raise ReportError(f"--format={output_format}: expected one of {', '.join(FORMATS)}.")
+        raise ReportUsageError(f"--format={output_format}: expected one of {', '.join(FORMATS)}.")
     if output_format == "html" and not output:
-        raise ReportError("--format=html needs --output=report.html (or use --format=text or json).")
+        raise ReportUsageError("--format=html needs --output=report.html (or use --format=text or json).")
     # Beam flags configure its filesystems too (gs:// project, impersonation, GCS client
     # options), so the manifest and stats reads below honour them, not only --recompute's job.
     FileSystems.set_options(PipelineOptions(list(beam_args)))
     manifest, stats = report_summary.read_run(labels)
     if recompute and stats is not None:
         # The job's stats know what the records cannot (rejected, below threshold, over cap).
-        raise ReportError(f"--recompute: {report_summary.join(labels, report_summary.STATS_FILE)} exists, and the "
+        raise ReportUsageError(f"--recompute: {report_summary.join(labels, report_summary.STATS_FILE)} exists, and the "
                           "job's own stats know more than the records do; delete it first to replace it.")
     if recompute:
         from pipeline import report_recompute  # deferred: Beam's job graph is built only when asked
@@ -79,7 +95,8 @@ def build_report(labels, output=None, output_format="html", holdout=None, holdou
         settings = (manifest or {}).get("settings") or {}
         path = teacher_path or ((manifest or {}).get("teacher") or {}).get("path")
         if not path:
-            raise ReportError("--holdout needs a teacher: manifest.json names none, so pass --teacher=TEACHER_DIR.")
+            raise ReportUsageError("--holdout needs a teacher: manifest.json names none, so pass "
+                                   "--teacher=TEACHER_DIR.")
         holdout_metrics = report_holdout.evaluate(path, holdout, float(settings.get("temperature") or 1.0),
                                                   int(settings.get("top_k") or 5), settings.get("min_confidence"),
                                                   holdout_limit)
@@ -98,27 +115,32 @@ def build_report(labels, output=None, output_format="html", holdout=None, holdou
 
 
 def unknown_flags(beam_args):
-    """The flags in `beam_args` that no Beam PipelineOptions class defines (typos, mostly)."""
-    known = PipelineOptions([]).get_all_options()
-    names = [argument[2:].split("=", 1)[0] for argument in beam_args if argument.startswith("--")]
-    return [name for name in names if name.replace("-", "_") not in known]
+    """The flags in `beam_args` (as typed) that no Beam PipelineOptions class defines (typos, mostly)."""
+    return beam_flags.unknown(beam_args)
 
 
 def run(argv):
-    """`argv` without the program name -> prints the summary (text or JSON); returns the summary dict."""
+    """`argv` without the program name -> prints the summary (text or JSON); returns the summary dict.
+
+    Raises ReportUsageError for a wrong flag, ReportError when the run's files are not usable.
+    """
     values = define_flags()
-    if "--help" in argv or "-h" in argv:
-        sys.stdout.write(__doc__ + "\n" + values.get_help() + "\n")
+    if cli.wants_help(argv):
+        sys.stdout.write(cli.help_text(__doc__, values, GROUPS, ("labels",), beam_flags.FOOTER))
+        return None
+    if beam_flags.HELP_FLAG in argv:
+        beam_flags.print_help(PROG)
         return None
     try:
-        beam_args = values(["report", *argv], known_only=True)[1:]
+        beam_args = values([PROG, *argv], known_only=True)[1:]
     except flags.Error as error:
-        raise ReportError(str(error)) from error
-    if not values.labels:
-        raise ReportError("--labels=OUT_DIR is required.")
+        raise ReportUsageError(cli.flag_error_message(error, values)) from error
     unknown = unknown_flags(beam_args)
     if unknown:
-        raise ReportError(f"unknown flag(s) {unknown}: neither a flag of pipeline.report nor a Beam pipeline option.")
+        candidates = cli.flag_names(values) + beam_flags.option_names() + [beam_flags.HELP_FLAG[2:]]
+        raise ReportUsageError(cli.unknown_flags_message(unknown, candidates))
+    if not values.labels:
+        raise ReportUsageError("--labels=OUT_DIR is required.")
     summary, text = build_report(values.labels, values.output, values.format, values.holdout, values.holdout_limit,
                                  values.teacher, values.recompute, values.num_classes, beam_args,
                                  values.chart_classes, values.thumbnail_classes)
@@ -127,10 +149,7 @@ def run(argv):
 
 
 def main():
-    try:
-        run(sys.argv[1:])
-    except ReportError as error:
-        sys.exit(f"pipeline.report: {error}")
+    cli.run_main(PROG, lambda: run(sys.argv[1:]), failures=(ReportError,))
 
 
 if __name__ == "__main__":

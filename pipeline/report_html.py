@@ -14,12 +14,13 @@ import hashlib
 import html
 import json
 
-from pipeline import report_svg
+from pipeline import report_summary, report_svg
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 0 auto; max-width: 1200px; padding: 0 24px 48px; }
 h1 { margin: 24px 0 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
 .sub { color: #666; } .warning { background: #fff4e0; border-left: 4px solid #e0892c; padding: 6px 10px; margin: 6px 0; }
+.banner { background: #b3261e; color: #fff; font-size: 18px; font-weight: bold; padding: 12px 16px; margin: 12px 0; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 120px; }
 .card b { display: block; font-size: 22px; } .card span { color: #666; font-size: 12px; }
@@ -281,7 +282,11 @@ def render(summary, examples, max_chart_classes=40, thumbnail_classes=24):
         f"teacher {_escape(teacher.get('teacher_id'))} ({_escape(teacher.get('model_name'))})" if teacher else "",
         f"input <code>{_escape(summary['input'])}</code>" if summary.get("input") else "",
         f"output <code>{_escape(summary['labels'])}</code>"] if part)
-    warnings = "".join(f'<div class="warning">{_escape(warning)}</div>' for warning in summary["warnings"])
+    # A random teacher's labels are noise: said first, in a banner no one scrolls past.
+    banner = (f'<div class="banner" role="alert">WARNING: {_escape(report_summary.RANDOM_TEACHER_WARNING)}</div>'
+              if summary.get("random_teacher") else "")
+    warnings = banner + "".join(f'<div class="warning">{_escape(warning)}</div>' for warning in summary["warnings"]
+                                if warning != report_summary.RANDOM_TEACHER_WARNING)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     sections = [_summary_section(summary), _distribution_section(summary)]
     if summary.get("holdout"):

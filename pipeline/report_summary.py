@@ -18,6 +18,8 @@ STATS_FILE = "stats.json"
 COUNT_NAMES = ("read", "rejected", "labeled", "below_threshold", "over_cap", "kept", "duplicates", "written")
 SWEEP_THRESHOLDS = tuple(round(0.05 * step, 2) for step in range(20)) + (0.99,)
 QUANTILE_LEVELS = tuple(step / 10 for step in range(11))
+RANDOM_TEACHER_WARNING = ("labels come from a randomly initialised teacher: they are noise "
+                          "(teacher.json random_init: true; fine for a smoke test, never for training a student).")
 
 
 class ReportError(ValueError):
@@ -166,7 +168,9 @@ def summarize(labels, manifest, stats, holdout=None):
     """The report's content as one JSON-ready dict (see the module docstring)."""
     manifest = manifest or {}
     settings = dict(manifest.get("settings") or {})
-    warnings = []
+    # First among the warnings and shown as a banner: nothing else in the report matters then.
+    random_teacher = (manifest.get("teacher") or {}).get("random_init") is True
+    warnings = [RANDOM_TEACHER_WARNING] if random_teacher else []
     if not manifest:
         warnings.append(f"{MANIFEST_FILE} is missing: the run either did not finish or was written by another "
                         "tool, so counts before selection (read, rejected, below threshold, over cap) are unknown.")
@@ -196,6 +200,7 @@ def summarize(labels, manifest, stats, holdout=None):
         "run_id": manifest.get("run_id"),
         "input": manifest.get("input"),
         "teacher": dict(manifest.get("teacher") or {}),
+        "random_teacher": random_teacher,
         "settings": settings,
         "counts": counts,
         "accounting_closes": not problems,
@@ -222,6 +227,8 @@ def format_text(summary, worst_classes=10):
     """The summary as a terminal table."""
     counts, teacher, settings = summary["counts"], summary["teacher"], summary["settings"]
     lines = [f"Label confidence report: {printable(summary['labels'])}"]
+    if summary.get("random_teacher"):
+        lines += ["", f"WARNING: {RANDOM_TEACHER_WARNING}", ""]
     if teacher:
         lines.append(f"teacher   {printable(teacher.get('teacher_id'))} ({printable(teacher.get('model_name'))}, "
                      f"{summary['num_classes']} classes) from {printable(teacher.get('path'))}")
@@ -259,5 +266,6 @@ def format_text(summary, worst_classes=10):
         lines += ["", f"  holdout {printable(holdout['source'])}: {holdout['evaluated']:,} images, top-1 accuracy "
                       f"{holdout['accuracy']:.1%}, top-{holdout['top_k']} {holdout['top_k_accuracy']:.1%}, "
                       f"ECE ({len(holdout['reliability'])} bins) {holdout['expected_calibration_error']:.3f}"]
-    lines += [f"  warning: {printable(warning)}" for warning in summary["warnings"]]
+    lines += [f"  warning: {printable(warning)}" for warning in summary["warnings"]
+              if warning != RANDOM_TEACHER_WARNING]  # the banner above says it
     return "\n".join(lines) + "\n"

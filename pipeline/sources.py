@@ -14,42 +14,28 @@ the URIs are read, and the files fetched, by all workers at once. TFRecord files
 index ranges are read in parallel, one file or range per task.
 
 Hostile inputs. Every input read is either a Candidate or a Rejection naming why, so the
-manifest's accounting closes whatever the folder holds:
-  - an image file over --max_bytes is refused from the size the listing already has
-    (`too_large`), and every read is bounded (at most --max_bytes + 1 bytes), since a
-    size can lie (/proc files, a file growing while it is read); images inside TFRecord
-    and TFDS records are held to the same limit;
-  - local paths that are not regular files (a FIFO would block the read forever, a
-    symlink to /dev/zero never ends) are refused from their stat before any read, and
-    checked again on the opened descriptor (`not_a_regular_file`);
-  - entries a local listing cannot stat (dangling or looping symlinks, which Beam's
-    listing drops silently), files that cannot be opened (TFRecord files included), and
-    listed globs whose match fails are rejections (`unreadable`, `match_failed`);
-  - list files: each line is a URI exactly as written (only the line break is removed); a
-    line holding `*`, `?` or `[` is read literally when a file has that name, else matched
-    as a glob.
+manifest's accounting closes whatever the folder holds. pipeline.file_reads guards each
+read (--max_bytes from the listing's size and on every read, non-regular local files,
+unstattable entries, failed matches); images inside TFRecord and TFDS records are held to
+the same --max_bytes. List files: each line is a URI exactly as written (only the line
+break is removed); a line holding `*`, `?` or `[` is read literally when a file has that
+name, else matched as a glob.
 """
 
 import os
-import re
-import stat
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import records
+from pipeline.file_reads import (  # noqa: F401 - InputRejected and read_file are this module's API too
+    GLOB_CHARACTERS, IMAGE_EXTENSIONS, InputRejected, has_image_extension, is_local, match_pattern, open_local,
+    open_uri, read_file)
 from pipeline.elements import Candidate, Rejection
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 INPUT_FORMATS = ("auto", "images", "list", "tfrecord", "tfds")
 REJECTED = "rejected"
 DEFAULT_MAX_BYTES = 64 << 20
-_GLOB_CHARACTERS = "*?["
-_READ_CHUNK = 8 << 20
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"))
 
 
 def guess_format(spec):
@@ -70,149 +56,6 @@ def parse_tfds(spec):
         raise ValueError(f"--input={spec}: expected tfds:NAME/SPLIT, e.g. tfds:imagenet2012/train.")
     name, split = body.rsplit("/", 1)
     return name, split
-
-
-def _open(uri):
-    return FileSystems.open(uri, mime_type="application/octet-stream",
-                            compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-def _has_image_extension(uri):
-    return os.path.splitext(uri)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _is_local(uri):
-    return FileSystems.get_scheme(uri) is None
-
-
-def _too_large(size, max_bytes):
-    return f"too_large: {size} bytes > --max_bytes={max_bytes} (refused before reading)"
-
-
-def _not_regular(path, mode):
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    target = f", through a symlink to {os.path.realpath(path)}" if os.path.islink(path) else ""
-    return f"not_a_regular_file: {kind}{target}"
-
-
-def _missing(path, error):
-    if os.path.islink(path):
-        return f"unreadable: a dangling symlink (its target {os.readlink(path)!r} does not exist)"
-    return f"unreadable: {type(error).__name__}: {error}"
-
-
-class InputRejected(Exception):
-    """Raised while opening or reading an input, with a "category: detail" reason."""
-
-
-def _open_local(path):
-    """A local path -> an open binary file of a regular file, checked without reading it.
-
-    The path's stat names what it is before anything is opened (opening a FIFO for
-    reading blocks until a writer comes); O_NONBLOCK keeps the open itself from blocking if
-    the path is swapped for a FIFO meanwhile, and the opened descriptor is checked again.
-    """
-    try:
-        mode = os.stat(path).st_mode  # follows symlinks: a link to /dev/zero is a character device
-    except FileNotFoundError as error:
-        raise InputRejected(_missing(path, error)) from error
-    except OSError as error:  # a symlink loop, a name too long, permission on a parent folder
-        raise InputRejected(f"unreadable: {type(error).__name__}: {error}") from error
-    if not stat.S_ISREG(mode):
-        raise InputRejected(_not_regular(path, mode))
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as error:
-        raise InputRejected(f"unreadable: {type(error).__name__}: {error}") from error
-    handle = os.fdopen(descriptor, "rb")
-    mode = os.fstat(descriptor).st_mode
-    if not stat.S_ISREG(mode):
-        handle.close()
-        raise InputRejected(_not_regular(path, mode))
-    return handle
-
-
-def _read_bounded(handle, max_bytes):
-    """At most max_bytes + 1 bytes of `handle` (one more than allowed says it is too long)."""
-    chunks, total = [], 0
-    while total <= max_bytes:
-        chunk = handle.read(min(_READ_CHUNK, max_bytes + 1 - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
-
-
-def read_file(uri, max_bytes, size=None):
-    """The bytes of one file, at most `max_bytes` of them; raises InputRejected saying why not.
-
-    `size` is what the listing said (None when unknown): a file it puts over `max_bytes` is
-    refused without being opened. Local paths must be regular files (see `_open_local`).
-    """
-    if size is not None and size > max_bytes:
-        raise InputRejected(_too_large(size, max_bytes))
-    try:
-        handle = _open_local(uri) if _is_local(uri) else _open(uri)
-    except InputRejected:
-        raise
-    except Exception as error:  # missing, permission: the reason says which
-        raise InputRejected(f"unreadable: {type(error).__name__}: {error}") from error
-    with handle:
-        if _is_local(uri):
-            size = os.fstat(handle.fileno()).st_size
-            if size > max_bytes:
-                raise InputRejected(_too_large(size, max_bytes))
-        try:
-            data = _read_bounded(handle, max_bytes)
-        except Exception as error:
-            raise InputRejected(f"unreadable: {type(error).__name__}: {error}") from error
-    if len(data) > max_bytes:
-        said = f"; its size said {size} bytes" if size is not None else ""
-        raise InputRejected(f"too_large: more than --max_bytes={max_bytes} bytes read{said} (the read stopped there)")
-    return data
-
-
-def _unstattable_local_entries(pattern, listed):
-    """Local paths that `pattern` matches but Beam's listing dropped, with why.
-
-    Beam lists a local folder with os.walk and silently skips every entry it cannot stat
-    (a dangling or looping symlink); this walks the same folder with the same pattern and
-    returns those entries as (path, reason), so they are counted as rejections.
-    """
-    if not _is_local(pattern):
-        return []
-    prefix = pattern[:min([pattern.index(c) for c in _GLOB_CHARACTERS if c in pattern] or [len(pattern)])]
-    if prefix == pattern:  # no glob: Beam matches the path itself when it exists (a dangling link does not)
-        candidates = [pattern] if os.path.islink(pattern) and not os.path.exists(pattern) else []
-    else:
-        regex = re.compile(FileSystems.get_filesystem(pattern).translate_pattern(pattern))
-        candidates = [os.path.join(folder, name) for folder, _, names in os.walk(os.path.dirname(prefix))
-                      for name in names if regex.match(os.path.join(folder, name))]
-    found = []
-    for path in candidates:
-        if path in listed:
-            continue
-        try:
-            os.stat(path)
-        except FileNotFoundError as error:
-            found.append((path, _missing(path, error)))
-        except OSError as error:
-            found.append((path, f"unreadable: {type(error).__name__}: {error}"))
-    return sorted(found)
-
-
-def match_pattern(pattern):
-    """A glob -> ([(path, size in bytes)], [(path or pattern, rejection reason)])."""
-    try:
-        metadata = FileSystems.match([pattern])[0].metadata_list
-    except Exception as error:  # e.g. a pattern that is no valid glob, a bucket that cannot be listed
-        return [], [(pattern, f"match_failed: {type(error).__name__}: {error}")]
-    matched = [(item.path, item.size_in_bytes) for item in metadata]
-    problems = _unstattable_local_entries(pattern, {path for path, _ in matched})
-    if not matched and not problems:
-        problems = [(pattern, "not_found: the glob matches no file")]
-    return matched, problems
 
 
 class _MatchInput(beam.DoFn):
@@ -243,7 +86,7 @@ class _ReadImageFile(beam.DoFn):
 
     def process(self, item):
         uri, size = item
-        if not _has_image_extension(uri):
+        if not has_image_extension(uri):
             yield self._reject(uri, f"unsupported_extension: {os.path.splitext(uri)[1] or '(none)'} is not one "
                                     f"of {', '.join(IMAGE_EXTENSIONS)} (any case)")
             return
@@ -264,11 +107,11 @@ class _ExpandListedUri(beam.DoFn):
         self._rejected = beam.metrics.Metrics.counter("ReadImages", "rejected")
 
     def process(self, uri):
-        if not any(c in uri for c in _GLOB_CHARACTERS):
+        if not any(c in uri for c in GLOB_CHARACTERS):
             yield uri, None
             return
         try:
-            literal = FileSystems.exists(uri) or (_is_local(uri) and os.path.islink(uri))
+            literal = FileSystems.exists(uri) or (is_local(uri) and os.path.islink(uri))
         except Exception:  # noqa: BLE001 - a name the filesystem cannot even ask about is matched as a glob
             literal = False
         if literal:  # a file named `a[1].png` is that file, not a glob matching `a1.png`
@@ -323,7 +166,7 @@ class _ReadTfrecordFile(beam.DoFn):
 
         path, _ = item
         try:
-            handle = _open_local(path) if _is_local(path) else _open(path)
+            handle = open_local(path) if is_local(path) else open_uri(path)
         except InputRejected as rejection:
             yield beam.pvalue.TaggedOutput(REJECTED, Rejection(path, str(rejection), "read"))
             return
@@ -406,6 +249,10 @@ class ReadImages(beam.PTransform):
         self._image_feature = image_feature or ("image" if self._format == "tfds" else "image/encoded")
         self._data_dir = data_dir
         self._tfds_ranges = tfds_ranges_count
+        # Set by expand: PCollections whose elements are each one input found before any file
+        # is read (globs matched, lists expanded), the job's total for pipeline/progress.py.
+        # Empty for TFRecord and TFDS input, whose image count is only known once read.
+        self.found = ()
 
     def expand(self, pbegin):
         rejections = []
@@ -430,6 +277,8 @@ class ReadImages(beam.PTransform):
                        | "Match" >> beam.ParDo(_MatchInput()).with_outputs(REJECTED, main="paths"))
             rejections.append(matched[REJECTED])
             paths = matched.paths
+        if self._format != "tfrecord":  # a TFRecord path is a file of unknown many images
+            self.found = (*rejections, paths)
         paths = paths | "SpreadReads" >> beam.Reshuffle()
         reader = (_ReadTfrecordFile(self._image_feature, self._max_bytes) if self._format == "tfrecord"
                   else _ReadImageFile(self._max_bytes))

@@ -4,6 +4,11 @@
 paper's recipe on TPU, GPU or CPU; without pseudo-labels it trains a supervised teacher.
 """
 
-from student.config import ConfigError, TrainConfig
+from models import cli
+
+# Before student.config imports TensorFlow (which reads the level once, on load).
+cli.quiet_tensorflow()
+
+from student.config import ConfigError, TrainConfig  # noqa: E402
 
 __all__ = ["ConfigError", "TrainConfig"]

@@ -18,13 +18,14 @@ import dataclasses
 import json
 import math
 import os
-import sys
 
 import tensorflow as tf
 from absl import app, flags, logging
 from tensorflow.core.framework import summary_pb2
 
+import models
 import teacher
+from models import cli, hardware
 from student import config as config_lib
 from student import inputs, pseudo, sources
 from student import trainer as trainer_lib
@@ -32,10 +33,11 @@ from student.config import ConfigError, TrainConfig
 from teacher import directory
 
 RESULTS_FILE = "eval_results.json"
+PROG = "student.train"
 
 FLAGS = flags.FLAGS
 _HELP = {
-    "model": "Family member to train, e.g. resnet_rs_152 (models.config gives its per-size recipe).",
+    "model": "Family member to train (models.config gives its per-size recipe).",
     "labeled": "tfds:NAME, a TFRecord glob (image/encoded, image/class/label), or an image folder.",
     "model_dir": "Checkpoints, summaries, config.json, model.keras, teacher/ (local, gs://, ram://).",
     "pseudo": "Glob of the labeling job's train-*.tfrecord shards; manifest.json must sit beside them.",
@@ -75,19 +77,45 @@ _HELP = {
     "keep_checkpoints": "Checkpoints to keep.",
     "log_every": "Progress line and TensorBoard scalars every N steps.",
     "steps_per_execution": "Steps per compiled loop call (large on TPU, e.g. 100).",
-    "strategy": "auto, cpu, gpu, tpu, mirrored (all local devices) or multi_worker (TF_CONFIG).",
+    "strategy": "tf.distribute strategy; mirrored: all local devices, multi_worker: the cluster in TF_CONFIG.",
     "tpu": "TPU name or grpc:// address (or 'local' on a TPU VM).",
-    "precision": "float32 or bfloat16 (bfloat16 compute, float32 variables).",
-    "jit_compile": "auto, xla or graph. auto: XLA on GPU/TPU; on a CPU the faster of XLA and TF's graph "
-                   "executor for this model and batch, measured before training starts.",
+    "precision": "bfloat16: bfloat16 compute, float32 variables.",
+    "jit_compile": "auto: XLA on GPU/TPU; on a CPU the faster of XLA and TF's graph executor for this model "
+                   "and batch, measured before training starts.",
     "seed": "Seed of weights, input order and augmentation.",
     "deterministic": "Enable TF op determinism (bit-reproducible runs and resumption; slower).",
     "resume_input": "skip: resume the input exactly where it stopped; reseed: a fresh order, no replay.",
 }
+# Flags with a closed set of values are enums: --help lists the values, absl rejects others.
+_CHOICES = {"model": list(models.CONFIGS), "strategy": config_lib.STRATEGIES, "precision": config_lib.PRECISIONS,
+            "jit_compile": hardware.JIT_CHOICES, "resume_input": config_lib.RESUME_INPUT}
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
 for _field in dataclasses.fields(TrainConfig):
-    _DEFINE[_field.type](_field.name, None if _field.default is dataclasses.MISSING else _field.default,
-                         _HELP[_field.name])
+    _default = None if _field.default is dataclasses.MISSING else _field.default
+    if _field.name in _CHOICES:
+        flags.DEFINE_enum(_field.name, _default, list(_CHOICES[_field.name]), _HELP[_field.name])
+    else:
+        _DEFINE[_field.type](_field.name, _default, _HELP[_field.name])
+flags.DEFINE_bool(cli.TF_LOGS, False, cli.TF_LOGS_HELP)
+GROUPS = (
+    ("Data", ["labeled", "eval", "train_split", "eval_split", "data_dir", "num_classes", "class_names",
+              "label_offset", "labeled_examples"]),
+    ("Pseudo labels", ["pseudo", "pseudo_run_id", "pseudo_ratio", "hard_pseudo_labels", "pseudo_loss_weight"]),
+    ("Model and output", ["model", "model_dir", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every",
+                          "eval_batch_size"]),
+    ("Optimisation", ["batch_size", "epochs", "train_steps", "warmup_epochs", "base_learning_rate", "momentum",
+                      "weight_decay", "label_smoothing", "ema_decay"]),
+    ("Augmentation", ["randaugment_magnitude", "randaugment_layers", "crop_min_area", "random_flip",
+                      "shuffle_buffer"]),
+    ("Runtime", ["strategy", "tpu", "precision", "jit_compile", "steps_per_execution", "seed", "deterministic",
+                 "resume_input", cli.TF_LOGS]),
+)
+
+
+def help_text():
+    own = [field.name for field in dataclasses.fields(TrainConfig)] + [cli.TF_LOGS]
+    footer = "absl's own flags (logging: --verbosity, --logtostderr, ...) are accepted too; --helpfull lists them."
+    return cli.help_text(__doc__, FLAGS, GROUPS, ("model", "labeled", "model_dir"), footer, own=own)
 
 
 def config_from_flags():
@@ -272,7 +300,7 @@ def run(config):
 
 def _main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}; every setting is a --flag.")
+        raise cli.UsageError(f"unexpected argument {argv[1]!r}; every setting is a --flag.")
     if not FLAGS["verbosity"].present:
         # TensorFlow's INFO lines (SavedModel export, checkpoint sharding) would bury the
         # progress lines; --verbosity=0 brings them back.
@@ -282,10 +310,8 @@ def _main(argv):
 
 
 def main():
-    try:
-        app.run(_main)
-    except (ConfigError, trainer_lib.NonFiniteError) as error:
-        sys.exit(f"student.train: {error}")
+    cli.run_main(PROG, lambda: app.run(_main, flags_parser=cli.absl_flags_parser(PROG, help_text)),
+                 usage_errors=(ConfigError,), failures=(trainer_lib.NonFiniteError,))
 
 
 if __name__ == "__main__":

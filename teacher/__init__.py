@@ -5,8 +5,13 @@
 `python -m teacher.export`).
 """
 
-from teacher.directory import export
-from teacher.metadata import TeacherError, TeacherMetadata
-from teacher.predictor import Predictions, Teacher, load, soft_labels
+from models import cli
+
+# Before teacher.directory imports TensorFlow (which reads the level once, on load).
+cli.quiet_tensorflow()
+
+from teacher.directory import export  # noqa: E402
+from teacher.metadata import TeacherError, TeacherMetadata  # noqa: E402
+from teacher.predictor import Predictions, Teacher, load, soft_labels  # noqa: E402
 
 __all__ = ["Predictions", "Teacher", "TeacherError", "TeacherMetadata", "export", "load", "soft_labels"]

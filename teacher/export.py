@@ -15,29 +15,44 @@ import sys
 from absl import app, flags
 
 import models
+from models import cli
 from teacher import directory
 from teacher.metadata import TeacherError
 
+PROG = "teacher.export"
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "A student.train model_dir, or a .keras file.")
-flags.DEFINE_string("model", None, f"Family member to export without a training run: {sorted(models.CONFIGS)}.")
-flags.DEFINE_string("weights", None, "Published weights for --model (.h5, .keras, TF checkpoint prefix).")
+flags.DEFINE_enum("model", None, list(models.CONFIGS), "Family member to export without a training run.")
+flags.DEFINE_string("weights", None, "Published weights for --model (.h5, .keras, TF checkpoint prefix); "
+                    "without them the teacher is randomly initialised, and pipeline.label refuses it unless "
+                    "--allow_random_teacher.")
 flags.DEFINE_integer("num_classes", 1000, "Classes of --model (ignored with --model_dir).")
 flags.DEFINE_string("class_names", None, "tfds:NAME or a file with one class name per line.")
 flags.DEFINE_string("output", None, "The teacher directory to write (local, gs://, ram://).")
 flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+flags.DEFINE_bool(cli.TF_LOGS, False, cli.TF_LOGS_HELP)
+GROUPS = (
+    ("Source (exactly one of --model_dir, --model)", ["model_dir", "model", "weights", "num_classes"]),
+    ("Output", ["output", "class_names", "overwrite"]),
+    ("Runtime", [cli.TF_LOGS]),
+)
+
+
+def help_text():
+    footer = "absl's own flags (logging: --verbosity, --logtostderr, ...) are accepted too; --helpfull lists them."
+    own = [flag.name for flag in FLAGS.get_flags_for_module(sys.modules[__name__])]
+    return cli.help_text(__doc__, FLAGS, GROUPS, ("output",), footer, own=own)
 
 
 def run(argv=None):
-    del argv
+    if len(argv or ()) > 1:
+        raise cli.UsageError(f"unexpected argument {argv[1]!r}; every setting is a --flag.")
     if not FLAGS.output:
-        raise app.UsageError("--output is required.")
+        raise cli.UsageError("--output is required.")
     if bool(FLAGS.model_dir) == bool(FLAGS.model):
-        raise app.UsageError("Pass exactly one of --model_dir (a training run) or --model (a family member).")
+        raise cli.UsageError("Pass exactly one of --model_dir (a training run) or --model (a family member).")
     if FLAGS.weights and not FLAGS.model:
-        raise app.UsageError("--weights goes with --model, not --model_dir.")
-    if FLAGS.model and FLAGS.model not in models.CONFIGS:
-        raise app.UsageError(f"--model={FLAGS.model} is not one of {sorted(models.CONFIGS)}.")
+        raise cli.UsageError("--weights goes with --model, not --model_dir.")
     if FLAGS.model and FLAGS.class_names:
         directory.class_names_from(FLAGS.class_names, FLAGS.num_classes)  # fail before building
     if FLAGS.model_dir:
@@ -57,10 +72,10 @@ def run(argv=None):
 
 
 def main():
-    try:
-        app.run(run)
-    except TeacherError as error:
-        sys.exit(f"teacher.export: {error}")
+    # Every TeacherError here is about what the flags name (--model_dir is no training run,
+    # --output exists, --class_names disagrees): a usage error.
+    cli.run_main(PROG, lambda: app.run(run, flags_parser=cli.absl_flags_parser(PROG, help_text)),
+                 usage_errors=(TeacherError,))
 
 
 if __name__ == "__main__":

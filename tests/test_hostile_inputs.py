@@ -26,6 +26,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from conftest import png_header_claiming
 from pipeline import label, records, selection, sources
 from pipeline.elements import Candidate
 from student import augment, inputs, pseudo, train
@@ -116,6 +117,7 @@ def corpus(tmp_path_factory):
     os.symlink(folder / "no-such-file.jpg", folder / "dangling.jpg")
     os.symlink("loop.png", folder / "loop.png")
     (folder / "folder.jpg").mkdir()  # a directory: globs list files only, a list file can name it
+    (folder / "memory_bomb.png").write_bytes(png_header_claiming(3000, 3000))  # fine for --max_pixels, not memory
 
     def at(name):
         return f"{folder}/{name}"
@@ -128,6 +130,7 @@ def corpus(tmp_path_factory):
         at("ico_named.png"): ("undecodable", "not a JPEG, PNG, GIF, BMP or WEBP image"),
         at("dangling.jpg"): ("unreadable", "dangling symlink"),
         at("loop.png"): ("unreadable", "symbolic links"),
+        at("memory_bomb.png"): ("too_much_memory", "3000x3000 RGB needs about 205 MB > --decode_memory_mb=100"),
     }
     runs = {"folder": (f"{folder}/*", {**bad_files, at("noise_copy.png"): ("duplicate", "same content as")},
                        [at(name) for name in good], ["--dedup"])}
@@ -173,7 +176,9 @@ def test_every_hostile_input_is_a_counted_rejection_with_its_reason(corpus, tiny
     source, bad, good, flags = runs[run]
     output = root / f"out-{run}"
     label.run([f"--teacher={tiny_teacher}", f"--input={source}", f"--output={output}", "--num_shards=2",
-               "--max_batch_size=8", "--min_confidence=0", f"--max_bytes={MAX_BYTES}", *flags])
+               "--allow_random_teacher",
+               "--max_batch_size=8", "--min_confidence=0", f"--max_bytes={MAX_BYTES}", "--decode_memory_mb=100",
+               *flags])
     manifest, written, rejected = _read_run(output)
     counts = manifest["counts"]
     assert counts["read"] == counts["rejected"] + counts["labeled"] == len(bad) + len(good), counts

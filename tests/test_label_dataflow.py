@@ -17,7 +17,7 @@ def test_full_job_builds_with_dataflow_runner(photo_folder, tiny_teacher, tmp_pa
              "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
     job = beam.Pipeline(options=PipelineOptions(flags))
     label.run([f"--teacher={tiny_teacher}", f"--input={folder}/*", f"--output={tmp_path / 'labels'}",
-               "--per_class=100", "--dedup", *flags], test_pipeline=job)
+               "--per_class=100", "--dedup", "--allow_random_teacher", *flags], test_pipeline=job)
     names = set()
 
     class CollectLabels(PipelineVisitor):

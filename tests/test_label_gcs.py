@@ -63,7 +63,7 @@ def test_gs_input_and_output(gcs_emulator, photo_folder, tiny_teacher):
     for name in good[:6] + ["empty.jpg", "text_named.jpg"]:
         bucket.blob(f"unlabeled/{name}").upload_from_filename(str(folder / name))
     label.run([f"--teacher={tiny_teacher}", f"--input=gs://{BUCKET}/unlabeled/*", f"--output=gs://{BUCKET}/labels",
-               "--min_confidence=0", "--num_shards=2", "--no_auth"])
+               "--min_confidence=0", "--num_shards=2", "--no_auth", "--allow_random_teacher"])
 
     names = sorted(blob.name for blob in bucket.list_blobs(prefix="labels/"))
     assert names == ["labels/manifest.json", "labels/rejected-00000-of-00001.jsonl", "labels/stats.json",

@@ -97,7 +97,7 @@ def test_a_nan_prediction_is_rejected_at_label_and_the_accounting_closes(photo_f
     monkeypatch.setattr(predictor.Teacher, "predict", predict_nan_for_squares)
     output = tmp_path / "labels"
     label.run([f"--teacher={tiny_teacher}", f"--input={listing}", f"--output={output}", "--num_shards=2",
-               "--max_batch_size=4", "--min_confidence=0"])
+               "--max_batch_size=4", "--min_confidence=0", "--allow_random_teacher"])
     manifest = json.loads((output / "manifest.json").read_text())
     counts = manifest["counts"]
     assert (counts["read"], counts["rejected"], counts["labeled"]) == (3, 1, 2)

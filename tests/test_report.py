@@ -208,7 +208,7 @@ def test_command_line(run_directory, tmp_path):
     assert result.returncode != 0 and "has no stats.json" in result.stderr
     result = subprocess.run([sys.executable, "-m", "pipeline.report", f"--labels={run_directory}", "--format=text",
                              "--holdot=typo"], capture_output=True, text=True)
-    assert result.returncode != 0 and "unknown flag(s) ['holdot']" in result.stderr
+    assert result.returncode == 2 and "unknown flag --holdot; did you mean --holdout?" in result.stderr
 
 
 def test_empty_run_renders(tmp_path):
