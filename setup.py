@@ -61,6 +61,7 @@ setuptools.setup(
             "resnet-rs-export-teacher = teacher.export:main",
             "resnet-rs-label = pipeline.label:main",
             "resnet-rs-report = pipeline.report:main",
+            "resnet-rs-selftrain = student.selftrain:main",
             "resnet-rs-train = student.train:main",
         ],
     },
@@ -79,6 +80,7 @@ setuptools.setup(
             "scikit-image>=0.22",
             "scikit-learn>=1.3",
             "gcp-storage-emulator>=2024.0",
+            f"tensorboard{TENSORFLOW_RANGE}",  # tests/test_readme.py runs the README's tensorboard command
         ],
     },
 )

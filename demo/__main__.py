@@ -2,24 +2,26 @@
 
 scikit-learn ships 1,797 real 8x8 scans of handwritten digits. They become 32 px PNG files:
 a test set (30%), a small labeled set (10% of the rest) and an unlabeled set (the other
-90%, labels hidden). Then every step runs the product's own entry point, as a user would:
+90%, labels hidden). Then student.selftrain (the command a user runs on their own data, shown
+first) chains the product's own entry points, each run as a user would:
 
-  1. python -m student.train     the teacher, supervised, on the labeled set
-  2. python -m pipeline.label    the teacher labels the unlabeled folder (DirectRunner)
-  3. python -m pipeline.report   the confidence report, with the test set as holdout
-  4. python -m student.train     a noised student on labeled + pseudo-labeled mixed batches
-  5. steps 2 and 4 again with student 1 as the teacher (student 2)
+  0. python -m student.train     the teacher, supervised, on the labeled set
+  1. python -m pipeline.label    the teacher labels the unlabeled folder (DirectRunner)
+     python -m pipeline.report   the confidence report, with the test set as holdout
+     python -m student.train     a noised student on labeled + pseudo-labeled mixed batches
+  2. round 1 again with student 1 as the teacher (student 2)
 
 and prints test accuracy and error of teacher, student 1 and student 2, and the pseudo-labels'
 accuracy against the hidden labels. It fails unless student 1 cuts its teacher's test error
 by --min_error_cut (25%). --seed picks the split and every training seed. Every run's files
-stay under --workdir.
+stay under --workdir (the loop's layout: teacher/, round1/labels, round1/report.html,
+round1/student, ..., logs/, summary.json).
 """
 
 import argparse
 import json
 import os
-import subprocess
+import shlex
 import sys
 import time
 
@@ -29,6 +31,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from demo import recipe  # noqa: E402
+from student import selftrain  # noqa: E402
 
 TEST_FRACTION = 0.3
 LABELED_FRACTION = 0.1
@@ -72,25 +75,6 @@ def materialise_digits(root, seed=0):
     return {"labeled": len(labeled), "unlabeled": len(unlabeled), "test": len(test)}
 
 
-def run_step(title, module, *flags):
-    """Runs `python -m module flags...` like a user, showing its last lines; fails loudly."""
-    start = time.perf_counter()
-    print(f"\n== {title}\n$ python -m {module} " + " ".join(flags), flush=True)
-    result = subprocess.run([sys.executable, "-m", module, *flags], capture_output=True, text=True)
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    for line in lines[-4:]:
-        print(f"   {line[:160]}")
-    if result.returncode != 0:
-        sys.exit(f"{module} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
-    return result.stdout
-
-
-def test_accuracy(model_dir):
-    with open(os.path.join(model_dir, "eval_results.json")) as handle:
-        return json.load(handle)["eval"]["top_1"]
-
-
 def pseudo_label_accuracy(labels_dir, hidden_labels, class_names):
     """Share of the KEPT pseudo-labels (duplicates counted once) whose top-1 is the hidden digit."""
     from pipeline import records
@@ -109,16 +93,16 @@ def pseudo_label_accuracy(labels_dir, hidden_labels, class_names):
     return correct / max(total, 1), total, manifest["counts"]
 
 
-def label_and_train(workdir, teacher_run, round_index, sizes, steps, min_confidence, seed):
-    labels = os.path.join(workdir, f"labels_round{round_index}")
-    run_step(f"label the unlabeled scans with {os.path.basename(teacher_run)}", "pipeline.label",
-             f"--teacher={teacher_run}/teacher", f"--input={workdir}/data/unlabeled/*", f"--output={labels}",
-             *recipe.label_flags(sizes["unlabeled"], min_confidence), "--overwrite")
-    student_run = os.path.join(workdir, f"student{round_index}")
-    run_step(f"train student {round_index} on labeled + pseudo-labeled mixed batches", "student.train",
-             *recipe.train_flags(workdir, student_run, sizes["labeled"], steps, pseudo=f"{labels}/train-*.tfrecord",
-                                                seed=seed))
-    return labels, student_run
+def loop_settings(workdir, sizes, rounds, teacher_steps, student_steps, min_confidence, seed):
+    """The demo as a student.selftrain run: the recipe's flags become the loop's per-step flags."""
+    data = os.path.join(workdir, "data")
+    return selftrain.LoopSettings(
+        labeled=f"{data}/labeled", unlabeled=f"{data}/unlabeled/*", workdir=workdir, rounds=rounds,
+        model=recipe.MODEL, eval=f"{data}/test", holdout=f"{data}/test",
+        train_flags=tuple(recipe.train_flags(sizes["labeled"], seed)),
+        teacher_train_flags=tuple(recipe.role_train_flags(teacher_steps, student=False)),
+        student_train_flags=tuple(recipe.role_train_flags(student_steps, student=True)),
+        label_flags=tuple(recipe.label_flags(sizes["unlabeled"], min_confidence)))
 
 
 def main():
@@ -147,20 +131,18 @@ def main():
         hidden = json.load(handle)
     class_names = sorted(os.listdir(os.path.join(workdir, "data", "labeled")))
 
-    teacher_run = os.path.join(workdir, "teacher")
-    run_step("train the teacher on the labeled scans only", "student.train",
-             *recipe.train_flags(workdir, teacher_run, sizes["labeled"], args.teacher_steps, seed=args.seed))
-    rows = [("teacher (labeled only)", test_accuracy(teacher_run), None)]
-    for round_index in range(1, args.rounds + 1):
-        labels, student_run = label_and_train(workdir, teacher_run, round_index, sizes, args.student_steps,
-                                              args.min_confidence, args.seed)
-        if round_index == 1:
-            run_step("render the label confidence report (test set as holdout)", "pipeline.report",
-                     f"--labels={labels}", f"--output={workdir}/report.html", f"--holdout={workdir}/data/test",
-                     "--format=text")
-        accuracy, kept, counts = pseudo_label_accuracy(labels, hidden, class_names)
-        rows.append((f"student {round_index}", test_accuracy(student_run), (accuracy, kept, counts)))
-        teacher_run = student_run
+    settings = loop_settings(workdir, sizes, args.rounds, args.teacher_steps, args.student_steps,
+                             args.min_confidence, args.seed)
+    print("\n$ python -m student.selftrain " + shlex.join(selftrain.to_argv(settings)), flush=True)
+    try:
+        summary = selftrain.run(settings)
+    except selftrain.SelfTrainError as error:
+        sys.exit(f"student.selftrain: error: {error}")
+    teacher, students = summary["rows"][0], summary["rows"][1:]
+    rows = [("teacher (labeled only)", teacher["top_1"], None)]
+    for index, student in enumerate(students, 1):
+        rows.append((f"student {index}", student["top_1"], pseudo_label_accuracy(student["labels"], hidden,
+                                                                                 class_names)))
 
     print(f"\n{'model (seed ' + str(args.seed) + ')':<24}{'test top-1':>11}{'error':>8}   "
           "pseudo-labels it was trained on")
@@ -169,7 +151,7 @@ def main():
             f"{labels[0]:.3f} correct of {labels[1]} kept ({labels[2]['below_threshold']} below threshold, "
             f"{labels[2]['duplicates']} duplicates for balance)")
         print(f"{name:<24}{accuracy:>11.4f}{1 - accuracy:>8.4f}   {detail}")
-    print(f"\nreport: {workdir}/report.html   total {time.perf_counter() - start:.0f} s")
+    print(f"\nreports: {workdir}/round*/report.html   total {time.perf_counter() - start:.0f} s")
     teacher_error, student_error = 1 - rows[0][1], 1 - rows[1][1]
     cut = (teacher_error - student_error) / teacher_error if teacher_error else 0.0
     print(f"student 1 cut the teacher's test error by {100 * cut:.0f}% ({teacher_error:.4f} -> {student_error:.4f})")

@@ -31,17 +31,18 @@ PSEUDO_RATIO = 3
 MIN_CONFIDENCE = 0.3
 
 
-def train_flags(workdir, model_dir, labeled_count, steps, pseudo=None, seed=0):
-    flags = [f"--model={MODEL}", f"--labeled={workdir}/data/labeled", f"--eval={workdir}/data/test",
-             f"--model_dir={model_dir}", f"--batch_size={BATCH_SIZE}", f"--train_steps={steps}",
-             "--warmup_epochs=5", "--base_learning_rate=0.4", "--ema_decay=0.99", "--eval_batch_size=64",
-             f"--checkpoint_every={steps}", f"--log_every={max(1, steps // 4)}", "--shuffle_buffer=2048",
-             f"--labeled_examples={labeled_count}", "--crop_min_area=0.5", "--norandom_flip",
-             f"--randaugment_magnitude={STUDENT_MAGNITUDE if pseudo else TEACHER_MAGNITUDE}", "--deterministic",
-             "--jit_compile=xla", f"--seed={seed}"]
-    if pseudo:
-        flags += [f"--pseudo={pseudo}", f"--pseudo_ratio={PSEUDO_RATIO}"]
-    return flags
+def train_flags(labeled_count, seed=0):
+    """student.selftrain --train_flags: what the teacher's and the students' runs share."""
+    return [f"--batch_size={BATCH_SIZE}", "--warmup_epochs=5", "--base_learning_rate=0.4", "--ema_decay=0.99",
+            "--eval_batch_size=64", "--shuffle_buffer=2048", f"--labeled_examples={labeled_count}",
+            "--crop_min_area=0.5", "--norandom_flip", "--deterministic", "--jit_compile=xla", f"--seed={seed}"]
+
+
+def role_train_flags(steps, student):
+    """--teacher_train_flags (student=False) or --student_train_flags: length and noise differ."""
+    flags = [f"--train_steps={steps}", f"--checkpoint_every={steps}", f"--log_every={max(1, steps // 4)}",
+             f"--randaugment_magnitude={STUDENT_MAGNITUDE if student else TEACHER_MAGNITUDE}"]
+    return flags + ([f"--pseudo_ratio={PSEUDO_RATIO}"] if student else [])
 
 
 def label_flags(unlabeled_count, min_confidence=MIN_CONFIDENCE):

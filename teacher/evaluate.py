@@ -24,7 +24,8 @@ With --limit, records are read in a fixed shuffled order so that the first N of 
 folder (stored class by class) span its classes.
 
 Exit status: 0 on success, 2 for a usage error (a bad or missing flag), 1 when the teacher
-or the data cannot be evaluated (not found, classes that do not match, no images).
+or the data cannot be evaluated (not found, classes that do not match, no images); either
+error is one line `teacher.evaluate: error: MESSAGE` on stderr (models/cli.py).
 """
 
 import json
@@ -33,10 +34,12 @@ import sys
 
 from absl import flags
 
+from models import cli
+
 CALIBRATION_BINS = 15  # the labeling report's holdout ECE uses the same bins
 TOP_K = 5
 FORMATS = ("text", "json")
-PROGRAM = "teacher.evaluate"
+PROG = "teacher.evaluate"
 _ORDER_SEED = (0, 0)  # fixed: --limit samples the same images on every run
 
 
@@ -44,8 +47,9 @@ class EvaluateError(Exception):
     """The teacher or the data cannot be evaluated (exit status 1)."""
 
 
-class UsageError(EvaluateError):
-    """A flag is missing, unknown or malformed (exit status 2)."""
+class UsageError(EvaluateError, cli.UsageError):
+    """A flag is missing, unknown or malformed (exit status 2): a cli.UsageError, so cli.run_main
+    exits 2 for it before its EvaluateError side would exit 1."""
 
 
 def define_flags():
@@ -67,7 +71,17 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 64, "Images per teacher call (the compiled step's fixed batch).",
                          lower_bound=1, **f)
     flags.DEFINE_enum("format", "text", FORMATS, "text: a table; json: the metrics as one JSON object.", **f)
+    flags.DEFINE_bool(cli.TF_LOGS, False, cli.TF_LOGS_HELP, **f)
     return values
+
+
+# --help's sections; a flag missing here is listed under "Other flags" (models/cli.py).
+GROUPS = (
+    ("Teacher (exactly one of --teacher, --model_dir)", ["teacher", "model_dir", "batch_size"]),
+    ("Data", ["data", "split", "data_dir", "label_offset", "limit"]),
+    ("Output", ["format"]),
+    ("Runtime", [cli.TF_LOGS]),
+)
 
 
 def teacher_path_of(teacher_dir, model_dir):
@@ -266,15 +280,17 @@ def run(argv):
     Returns None after --help. Raises UsageError for bad flags, EvaluateError for the rest.
     """
     values = define_flags()
-    if "--help" in argv or "-h" in argv or "--helpfull" in argv:
-        sys.stdout.write(__doc__ + "\n" + values.get_help() + "\n")
+    # --helpfull too, as before: the private FlagValues holds no absl flags for it to add.
+    if cli.wants_help(argv) or "--helpfull" in argv:
+        sys.stdout.write(cli.help_text(__doc__, values, GROUPS, ("data",)))
         return None
     try:
-        positional = values([PROGRAM, *argv])[1:]
+        positional = values([PROG, *argv])[1:]
     except flags.Error as error:
-        raise UsageError(str(error)) from error
+        raise UsageError(cli.flag_error_message(error, values)) from error
     if positional:
-        raise UsageError(f"unexpected arguments {positional}; every setting is a --flag.")
+        raise UsageError(f"unexpected argument{'s' if len(positional) > 1 else ''} "
+                         f"{', '.join(map(repr, positional))}; every setting is a --flag.")
     if not values.data:
         raise UsageError("--data is required: an image folder, tfds:NAME[/SPLIT] or a TFRecord glob.")
     data, split = values.data, values.split
@@ -291,14 +307,7 @@ def run(argv):
 
 
 def main():
-    try:
-        run(sys.argv[1:])
-    except UsageError as error:
-        sys.stderr.write(f"{PROGRAM}: error: {error}\nRun `python -m {PROGRAM} --help` for its flags.\n")
-        sys.exit(2)
-    except EvaluateError as error:
-        sys.stderr.write(f"{PROGRAM}: error: {error}\n")
-        sys.exit(1)
+    cli.run_main(PROG, lambda: run(sys.argv[1:]), failures=(EvaluateError,))
 
 
 if __name__ == "__main__":

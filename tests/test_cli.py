@@ -16,7 +16,8 @@ from pipeline import label, options, report, report_html, report_summary
 from pipeline.options import LabelSettings, UsageError
 from test_report import SCRIPT_CLASS, write_synthetic_run
 
-CLIS = ("pipeline.label", "pipeline.report", "student.train", "teacher.export")
+CLIS = ("pipeline.label", "pipeline.report", "student.train", "teacher.evaluate", "teacher.export")
+ABSL_APPS = ("student.train", "teacher.export")  # absl.app programs: absl's logging flags, listed by --helpfull
 
 
 def _environment(**extra):
@@ -43,6 +44,9 @@ HELP = {
                       ["--pseudo_ratio=INT", "--labeled=TEXT"],
                       ["--precision={float32,bfloat16}", "--resume_input={skip,reseed}",
                        "One of: auto, cpu, gpu, tpu, mirrored, multi_worker.", "resnet_rs_tiny"]),
+    "teacher.evaluate": (["Teacher (exactly one of --teacher, --model_dir):", "Data:", "Output:", "Runtime:"],
+                         ["--teacher=TEXT", "--model_dir=TEXT", "--label_offset=INT", "--batch_size=INT"],
+                         ["--format={text,json}"]),
     "teacher.export": (["Source", "Output:", "Runtime:"], ["--weights=TEXT", "--model_dir=TEXT"],
                        ["One of: resnet_rs_50,"]),
 }
@@ -63,7 +67,7 @@ def test_help_lists_the_programs_own_flags_by_group_and_exits_0(module):
     assert "Other flags:" not in text  # every flag sits in a named group
     assert "--dataflow_endpoint" not in text and len(text.splitlines()) < 150  # Beam's 800 lines are elsewhere
     assert ("--help_beam" in text) == module.startswith("pipeline.")
-    assert ("--helpfull" in text) != module.startswith("pipeline.")
+    assert ("--helpfull" in text) == (module in ABSL_APPS)
 
 
 def test_label_help_lists_every_flag_of_the_job():
@@ -101,6 +105,9 @@ def test_help_beam_prints_beams_pipeline_options(module):
     ("student.train", ["--strategy=mirored"], "--strategy=mirored is not one of auto, cpu, gpu, tpu, mirrored, "
      "multi_worker; did you mean --strategy=mirrored?"),
     ("student.train", ["--model=resnet_rs_tiny", "stray"], "unexpected argument 'stray'; every setting is a --flag."),
+    ("teacher.evaluate", ["--teachr=x", "--data=y"], "unknown flag --teachr; did you mean --teacher?"),
+    ("teacher.evaluate", ["--teacher=t", "--data=d", "--format=jsn"],
+     "--format=jsn is not one of text, json; did you mean --format=json?"),
     ("teacher.export", ["--num_clases=3"], "unknown flag --num_clases; did you mean --num_classes?"),
     ("teacher.export", ["--model=resnet_rs_tiny"], "--output is required."),
 ])
@@ -126,6 +133,7 @@ def test_label_names_the_bad_flag(args, message):
 @pytest.mark.parametrize("module, args, message", [
     ("pipeline.report", ["--format=text"], "--labels=OUT_DIR is required."),
     ("student.train", ["--model=resnet_rs_tiny"], "--labeled: is required"),
+    ("teacher.evaluate", ["--teacher=t"], "--data is required"),
     ("teacher.export", ["--model=resnet_rs_tiny"], "--output is required."),
 ])
 def test_every_cli_accepts_tf_logs(module, args, message):
