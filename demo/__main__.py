@@ -25,13 +25,11 @@ import shlex
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # also quiets the steps, which inherit it
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from demo import recipe  # noqa: E402
-from student import selftrain  # noqa: E402
+from demo import recipe
+from student import selftrain
 
 TEST_FRACTION = 0.3
 LABELED_FRACTION = 0.1

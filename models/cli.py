@@ -28,8 +28,10 @@ FAILURE_EXIT = 1
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort")
 TF_LOGS = "tf_logs"
 TF_LOGS_HELP = ("Show TensorFlow's C++ log lines (device probing such as a failed cuInit on a machine "
-                "without a GPU, oneDNN notices), hidden by default; TF_CPP_MIN_LOG_LEVEL, when set, wins.")
+                "without a GPU, oneDNN notices), hidden by default; TF_CPP_MIN_LOG_LEVEL, when you set it, wins.")
 _WIDTH = 100
+LEVEL = "TF_CPP_MIN_LOG_LEVEL"
+QUIETED_LEVEL = "RESNET_RS_QUIETED_TF_LOG_LEVEL"  # the level quiet_tensorflow set, not the user
 
 
 class UsageError(ValueError):
@@ -43,13 +45,35 @@ def quiet_tensorflow(argv=None):
     before anything imports TensorFlow: the package `__init__`s call it, which is why it reads
     sys.argv directly instead of the parsed flags. Level 3 because a machine without a GPU
     logs its failed cuInit at ERROR level; real errors still raise Python exceptions.
+
+    The level it sets is also recorded in QUIETED_LEVEL: a child process (student.selftrain's
+    steps) inherits both, and given --tf_logs it removes a level that the record says came from
+    here, while a level the user set (no record, or another value) still wins.
     """
     argv = sys.argv[1:] if argv is None else argv
-    if any(arg in ("--tf_logs", "--tf_logs=true", "--tf_logs=1") for arg in argv):
+    ours = QUIETED_LEVEL in os.environ and os.environ[QUIETED_LEVEL] == os.environ.get(LEVEL)
+    if _wants_tf_logs(argv):
+        if ours:
+            del os.environ[LEVEL]
+        os.environ.pop(QUIETED_LEVEL, None)  # a stale record must not claim a level set later
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if LEVEL not in os.environ:
+        os.environ[LEVEL] = os.environ[QUIETED_LEVEL] = "3"
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport())
+
+
+def _wants_tf_logs(argv):
+    """Whether `argv` turns --tf_logs on: the last of --tf_logs / --notf_logs wins, as absl parses
+    them (student.selftrain passes --tf_logs on before a step's own flags, which may say no)."""
+    wanted = False
+    for arg in argv:
+        name, equals, value = arg.partition("=")
+        if name == "--tf_logs":
+            wanted = not equals or value.lower() in ("true", "t", "1")
+        elif arg == "--notf_logs":
+            wanted = False
+    return wanted
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):
@@ -72,7 +96,7 @@ class _QuietImport(importlib.abc.MetaPathFinder):
 
 
 def _filtered_stderr(load, module):
-    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    level = os.environ.get(LEVEL, "0")
     hidden = "IWE"[:int(level)] if level in ("1", "2", "3") else ""
     sys.stderr.flush()
     saved = os.dup(2)

@@ -4,7 +4,7 @@ r"""The whole self-training loop in one command: teacher -> label -> report -> s
       --workdir=DIR [--model=resnet_rs_50] [--student_model=resnet_rs_101] [--teacher=DIR] \
       [--eval=SOURCE] [--holdout=SOURCE] [--train_flags='--batch_size=4096 --strategy=tpu ...'] \
       [--teacher_train_flags='...'] [--student_train_flags='...'] [--label_flags='--per_class=130000 ...'] \
-      [--report_flags='...'] [--overwrite]
+      [--report_flags='...'] [--overwrite] [--tf_logs]
 
 Round 0 trains the teacher on --labeled (student.train without --pseudo) unless --teacher
 names one (a teacher directory, or a student.train --model_dir). Round r then runs
@@ -28,9 +28,12 @@ report.txt) and continues at the first unfinished one; student.train itself resu
 last checkpoint. A larger --rounds continues a finished loop. WORKDIR/selftrain.json records
 the settings: a rerun that changes one a started step used is refused (--overwrite discards
 the loop's runs in WORKDIR and starts over).
+
+Exit status: 0 when every step finished, 2 for a usage error (a bad flag of the loop or of a
+step, or a workdir it cannot resume), 1 when a step fails (its last lines are printed first);
+either error is one line `student.selftrain: error: MESSAGE` on stderr (models/cli.py).
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -41,16 +44,21 @@ import signal
 import sys
 import time
 
+from absl import flags
+
+from models import cli
 from student import selftrain_flags as checks
 from student import selftrain_steps as steps_lib
 from student.selftrain_flags import SelfTrainError, UsageError
 
+PROG = "student.selftrain"
 SETTINGS_FILE = "selftrain.json"
 SUMMARY_FILE = "summary.json"
 SCHEMA_VERSION = 1
 PASS_THROUGH = ("train_flags", "teacher_train_flags", "student_train_flags", "label_flags", "report_flags")
-# May differ between runs of one workdir: more rounds continue the loop, fewer only summarise.
-FREE_TO_CHANGE = ("rounds", "overwrite")
+# May differ between runs of one workdir: more rounds continue the loop, fewer only summarise;
+# --tf_logs changes only what the steps print.
+FREE_TO_CHANGE = ("rounds", "overwrite", "tf_logs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +78,7 @@ class LoopSettings:
     label_flags: tuple = ()
     report_flags: tuple = ()
     overwrite: bool = False
+    tf_logs: bool = False  # passed on to every step as --tf_logs
 
     def normalized(self):
         """Local paths made absolute (the record must mean the same from any directory)."""
@@ -84,37 +93,68 @@ class LoopSettings:
         return {name: list(value) if isinstance(value, tuple) else value for name, value in record.items()}
 
 
-def parse_args(argv):
-    """`argv` (without the program name) -> LoopSettings; argparse exits on a malformed command."""
-    parser = argparse.ArgumentParser(prog="python -m student.selftrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--labeled", required=True, metavar="SOURCE", help="Labeled images: tfds:NAME, a TFRecord "
-                        "glob or an image folder with one subfolder per class (student.train --labeled).")
-    parser.add_argument("--unlabeled", required=True, metavar="GLOB|LIST_FILE|SOURCE", help="Unlabeled images: a "
-                        "glob, a list file, a TFRecord glob or tfds:NAME/SPLIT (pipeline.label --input).")
-    parser.add_argument("--workdir", required=True, metavar="DIR", help="Local directory for every round's runs, "
-                        "labels, reports, logs, selftrain.json and summary.json.")
-    parser.add_argument("--rounds", type=int, default=1, metavar="N",
-                        help="Students trained in turn, each the next teacher.")
-    parser.add_argument("--model", default=LoopSettings.model, metavar="NAME", help="The teacher's model (round 0).")
-    parser.add_argument("--student_model", metavar="NAME", help="The students' model (default: --model).")
-    parser.add_argument("--teacher", metavar="DIR", help="An existing teacher (teacher directory or student.train "
-                        "--model_dir): skips round 0.")
-    parser.add_argument("--eval", metavar="SOURCE", help="Eval source of every training run (student.train --eval).")
-    parser.add_argument("--holdout", metavar="SOURCE", help="Labeled images no model trained on, for the report's "
-                        "accuracy and calibration (pipeline.report --holdout).")
+def define_flags():
+    """The loop's flags, on a private FlagValues: importing the module defines no global flags
+    (student.train's would clash in one process), and tests can parse many times."""
+    values = flags.FlagValues()
+    f = dict(flag_values=values)
+    flags.DEFINE_string("labeled", None, "Labeled images: tfds:NAME, a TFRecord glob or an image folder with one "
+                        "subfolder per class (student.train --labeled).", **f)
+    flags.DEFINE_string("unlabeled", None, "Unlabeled images: a glob, a list file, a TFRecord glob or "
+                        "tfds:NAME/SPLIT (pipeline.label --input).", **f)
+    flags.DEFINE_string("eval", None, "Eval source of every training run (student.train --eval).", **f)
+    flags.DEFINE_string("holdout", None, "Labeled images no model trained on, for the report's accuracy and "
+                        "calibration (pipeline.report --holdout).", **f)
+    flags.DEFINE_integer("rounds", LoopSettings.rounds, "Students trained in turn, each the next teacher.", **f)
+    flags.DEFINE_string("model", LoopSettings.model, "The teacher's model (round 0).", **f)
+    flags.DEFINE_string("student_model", None, "The students' model (default: --model).", **f)
+    flags.DEFINE_string("teacher", None, "An existing teacher (teacher directory or student.train --model_dir): "
+                        "skips round 0.", **f)
     for name, where in (("train_flags", "every student.train run"), ("teacher_train_flags", "the teacher's run"),
                         ("student_train_flags", "the students' runs"), ("label_flags", "pipeline.label"),
                         ("report_flags", "pipeline.report")):
-        parser.add_argument(f"--{name}", default="", metavar="'--FLAG=VALUE ...'",
-                            help=f"Extra flags for {where}, one quoted string.")
-    parser.add_argument("--overwrite", action="store_true", help="Discard the loop's runs in --workdir (teacher/, "
-                        "round*/, logs/, selftrain.json, summary.json) and start over.")
-    args = parser.parse_args(argv)
-    values = vars(args)
+        flags.DEFINE_string(name, None, f"Extra flags for {where}: '--FLAG=VALUE ...'.", **f)
+    flags.DEFINE_string("workdir", None, "Local directory for every round's runs, labels, reports, logs, "
+                        "selftrain.json and summary.json.", **f)
+    flags.DEFINE_bool("overwrite", False, "Discard the loop's runs in --workdir (teacher/, round*/, logs/, "
+                      "selftrain.json, summary.json) and start over.", **f)
+    flags.DEFINE_bool(cli.TF_LOGS, False, cli.TF_LOGS_HELP + " Passed on to every step.", **f)
+    return values
+
+
+# --help's sections; a flag missing here is listed under "Other flags" (models/cli.py).
+GROUPS = (
+    ("Data", ["labeled", "unlabeled", "eval", "holdout"]),
+    ("Models", ["rounds", "model", "student_model", "teacher"]),
+    ("Steps' flags (each one quoted string, checked before the first step runs)", list(PASS_THROUGH)),
+    ("Work directory", ["workdir", "overwrite"]),
+    ("Runtime", [cli.TF_LOGS]),
+)
+REQUIRED = ("labeled", "unlabeled", "workdir")
+
+
+def help_text():
+    return cli.help_text(__doc__, define_flags(), GROUPS, REQUIRED)
+
+
+def parse_args(argv):
+    """`argv` (without the program name) -> LoopSettings; raises UsageError for a malformed command."""
+    values = define_flags()
+    try:
+        positional = values([PROG, *argv])[1:]
+    except flags.Error as error:
+        raise UsageError(cli.flag_error_message(error, values)) from error
+    if positional:
+        raise UsageError(f"unexpected argument{'s' if len(positional) > 1 else ''} "
+                         f"{', '.join(map(repr, positional))}; every setting is a --flag.")
+    missing = [f"--{name}" for name in REQUIRED if not values[name].value]
+    if missing:
+        names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+        raise UsageError(f"{names} {'are' if len(missing) > 1 else 'is'} required.")
+    settings = {field.name: values[field.name].value for field in dataclasses.fields(LoopSettings)}
     for name in PASS_THROUGH:
-        values[name] = checks.split(name, values[name])
-    return LoopSettings(**values)
+        settings[name] = checks.split(name, settings[name])
+    return LoopSettings(**settings)
 
 
 def to_argv(settings):
@@ -257,14 +297,17 @@ def run(settings):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    # --helpfull too: the private FlagValues holds no absl flags for it to add.
+    if cli.wants_help(argv) or "--helpfull" in argv:
+        sys.stdout.write(help_text())
+        return
     # A plain `kill` of the loop must also stop the step it is running (see steps_lib.execute).
     previous = signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     try:
-        summary = run(parse_args(sys.argv[1:] if argv is None else argv))
-    except SelfTrainError as error:
         # As every entry point: `PROG: error: ...`, status 2 for a usage error, 1 for a failure.
-        sys.stderr.write(f"student.selftrain: error: {error}\n")
-        sys.exit(2 if isinstance(error, UsageError) else 1)
+        summary = cli.run_main(PROG, lambda: run(parse_args(argv)), usage_errors=(UsageError,),
+                               failures=(SelfTrainError,))
     finally:
         signal.signal(signal.SIGTERM, previous)
     print("\n" + steps_lib.format_table(summary))

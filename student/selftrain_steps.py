@@ -66,10 +66,15 @@ def resolve_teacher(path):
                          "pass a teacher directory (python -m teacher.export) or a student.train --model_dir.")
 
 
+def _runtime_flags(settings):
+    # Before the user's own step flags, so a --notf_logs among them still wins for that step.
+    return ["--tf_logs"] if settings.tf_logs else []
+
+
 def _train_flags(settings, model, model_dir, role_flags, pseudo=None):
     flags = [f"--model={model}", f"--labeled={settings.labeled}"]
     flags += [f"--eval={settings.eval}"] if settings.eval else []
-    flags += [f"--model_dir={model_dir}", *settings.train_flags, *role_flags]
+    flags += [f"--model_dir={model_dir}", *_runtime_flags(settings), *settings.train_flags, *role_flags]
     return flags + ([f"--pseudo={pseudo}"] if pseudo else [])
 
 
@@ -90,7 +95,8 @@ def plan(settings):
         manifest = os.path.join(labels, MANIFEST_FILE)
         steps.append(Step(
             f"round{index}-label", f"round {index}: label --unlabeled with {teacher_dir}", "pipeline.label",
-            [f"--teacher={teacher_dir}", f"--input={s.unlabeled}", f"--output={labels}", *s.label_flags,
+            [f"--teacher={teacher_dir}", f"--input={s.unlabeled}", f"--output={labels}", *_runtime_flags(s),
+             *s.label_flags,
              # The loop relabels only an unfinished step's output: replacing it is the point.
              "--overwrite"],
             [labels], lambda manifest=manifest: f"{manifest} committed" if os.path.exists(manifest) else None,
@@ -99,7 +105,7 @@ def plan(settings):
         steps.append(Step(
             f"round{index}-report", f"round {index}: confidence report of the labels", "pipeline.report",
             [f"--labels={labels}", f"--output={html}"] + ([f"--holdout={s.holdout}"] if s.holdout else [])
-            + ["--format=text", *s.report_flags],
+            + ["--format=text", *_runtime_flags(s), *s.report_flags],
             [html, text], lambda html=html, text=text: "report.html and report.txt exist" if _exists(html, text)
             else None, USES["report"],
             # report.txt is written only after the report exited 0, so the pair marks a whole report.
@@ -165,10 +171,14 @@ def execute(step, log_path):
     if code != 0:
         with open(log_path, encoding="utf-8", errors="replace") as log:
             log.seek(offset)
-            tail = "".join(log.readlines()[-ERROR_LINES:])
-        raise StepError(f"step {step.name} failed: {step.module} exited with status {code}. Its last lines "
-                             f"(all of them in {log_path}):\n{tail.rstrip()}\nFix the cause and rerun the same "
-                             "command: finished steps are skipped.")
+            tail = log.readlines()[-ERROR_LINES:]
+        # The step's stderr went only to its log: its last lines go to stderr here, so that the
+        # error itself can stay one line (models/cli.py), as every entry point's does.
+        sys.stderr.write("".join(f"   {line.rstrip()}\n" for line in tail))
+        sys.stderr.flush()
+        raise StepError(f"step {step.name} failed: {step.module} exited with status {code}. Its last lines are "
+                        f"above; all of them are in {log_path}. Fix the cause and rerun the same command: "
+                        "finished steps are skipped.")
     if step.on_success:
         step.on_success("".join(lines))
     if not step.finished():

@@ -12,17 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models import cli
 from pipeline import label, options, report, report_html, report_summary
 from pipeline.options import LabelSettings, UsageError
 from test_report import SCRIPT_CLASS, write_synthetic_run
 
-CLIS = ("pipeline.label", "pipeline.report", "student.train", "teacher.evaluate", "teacher.export")
+CLIS = ("pipeline.label", "pipeline.report", "student.selftrain", "student.train", "teacher.evaluate",
+        "teacher.export")
 ABSL_APPS = ("student.train", "teacher.export")  # absl.app programs: absl's logging flags, listed by --helpfull
 
 
 def _environment(**extra):
     """os.environ without TF_CPP_MIN_LOG_LEVEL (conftest sets it; the CLIs must set it themselves)."""
-    environment = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    environment = {key: value for key, value in os.environ.items() if key not in (cli.LEVEL, cli.QUIETED_LEVEL)}
     environment.update(extra)
     return environment
 
@@ -40,6 +42,9 @@ HELP = {
                         "--teacher_strategy={auto,cpu,gpu,tpu}"]),
     "pipeline.report": (["Input:", "Output:", "Recompute:", "Runtime:"], ["--labels=TEXT", "--[no]recompute"],
                         ["--format={html,text,json}"]),
+    "student.selftrain": (["Data:", "Models:", "Steps' flags", "Work directory:", "Runtime:"],
+                          ["--labeled=TEXT", "--rounds=INT", "--train_flags=TEXT", "--report_flags=TEXT",
+                           "--workdir=TEXT", "--[no]overwrite", "Required."], []),
     "student.train": (["Data:", "Pseudo labels:", "Model and output:", "Optimisation:", "Augmentation:", "Runtime:"],
                       ["--pseudo_ratio=INT", "--labeled=TEXT"],
                       ["--precision={float32,bfloat16}", "--resume_input={skip,reseed}",
@@ -101,6 +106,10 @@ def test_help_beam_prints_beams_pipeline_options(module):
     ("pipeline.report", ["--labels=x", "--format=htm"],
      "--format=htm is not one of html, text, json; did you mean --format=html?"),
     ("pipeline.report", ["--format=text"], "--labels=OUT_DIR is required."),
+    ("student.selftrain", ["--labeled=x", "--unlabled=y"], "unknown flag --unlabled; did you mean --unlabeled?"),
+    ("student.selftrain", ["--labeled=x", "--rounds=two"],
+     "--rounds=two: invalid literal for int() with base 10: 'two'"),
+    ("student.selftrain", ["--labeled=x", "stray"], "unexpected argument 'stray'; every setting is a --flag."),
     ("student.train", ["--pseudo_ratoi=2"], "unknown flag --pseudo_ratoi; did you mean --pseudo_ratio?"),
     ("student.train", ["--strategy=mirored"], "--strategy=mirored is not one of auto, cpu, gpu, tpu, mirrored, "
      "multi_worker; did you mean --strategy=mirrored?"),
@@ -132,6 +141,7 @@ def test_label_names_the_bad_flag(args, message):
 
 @pytest.mark.parametrize("module, args, message", [
     ("pipeline.report", ["--format=text"], "--labels=OUT_DIR is required."),
+    ("student.selftrain", ["--labeled=x"], "--unlabeled and --workdir are required."),
     ("student.train", ["--model=resnet_rs_tiny"], "--labeled: is required"),
     ("teacher.evaluate", ["--teacher=t"], "--data is required"),
     ("teacher.export", ["--model=resnet_rs_tiny"], "--output is required."),
@@ -163,6 +173,27 @@ def test_tensorflow_is_quiet_unless_tf_logs_or_the_users_own_level():
     loud = probe("--tf_logs")
     assert loud.stdout == "None\n" and loud.stderr != ""
     assert probe(TF_CPP_MIN_LOG_LEVEL="1").stdout == "1\n"
+
+
+# A parent that quiets TensorFlow (as student.selftrain's own import does), then runs a child
+# with the given arguments, as the loop runs its steps: the child inherits the environment.
+CHAIN = ("import subprocess, sys; from models import cli; cli.quiet_tensorflow([]); "
+         "sys.exit(subprocess.run([sys.executable, '-c', sys.argv[1], *sys.argv[2:]]).returncode)")
+LEVEL_PROBE = "import os; from models import cli; cli.quiet_tensorflow(); print(os.environ.get(cli.LEVEL))"
+
+
+def test_a_child_given_tf_logs_shows_them_though_its_parent_quieted_tensorflow():
+    def chain(probe, *args, **extra):
+        return subprocess.run([sys.executable, "-c", CHAIN, probe, *args], capture_output=True, text=True,
+                              timeout=300, env=_environment(**extra))
+
+    loud = chain(PROBE, "--tf_logs")  # the level the parent set is removed: TensorFlow's lines show
+    assert loud.returncode == 0 and loud.stdout == "None\n" and loud.stderr != ""
+    assert chain(LEVEL_PROBE).stdout == "3\n"  # without --tf_logs the child stays quiet
+    assert chain(LEVEL_PROBE, "--tf_logs", "--notf_logs").stdout == "3\n"  # the last one wins, as in absl
+    # A level the user set wins over --tf_logs, in the parent and in every child.
+    assert chain(LEVEL_PROBE, "--tf_logs", TF_CPP_MIN_LOG_LEVEL="1").stdout == "1\n"
+    assert chain(LEVEL_PROBE, "--tf_logs", TF_CPP_MIN_LOG_LEVEL="3").stdout == "3\n"
 
 
 def test_the_shared_cli_module_and_the_report_load_no_tensorflow():

@@ -176,10 +176,22 @@ def test_a_bad_flag_is_refused_before_any_step_by_its_name(data, tmp_path, capsy
     assert not (tmp_path / "work").exists()  # refused before anything was written
 
 
-def test_a_missing_required_flag_is_an_argparse_usage_error(data, tmp_path, capsys):
-    with pytest.raises(SystemExit) as stopped:
-        selftrain.main(loop_argv(data, tmp_path / "work", 1, unlabeled=None))
-    assert stopped.value.code == 2 and "--unlabeled" in capsys.readouterr().err
+def test_a_missing_required_flag_is_a_usage_error(data, tmp_path, capsys):
+    message = refusal(loop_argv(data, tmp_path / "work", 1, unlabeled=None), capsys)
+    assert message == "student.selftrain: error: --unlabeled is required.\n"
+
+
+def test_tf_logs_is_passed_on_to_every_step_and_free_to_change(data, tmp_path):
+    argv = loop_argv(data, tmp_path / "work", 2, label_flags="--notf_logs")
+    quiet, loud = selftrain.parse_args(argv).normalized(), selftrain.parse_args(argv + ["--tf_logs"]).normalized()
+    assert loud.tf_logs and loud.recorded() == quiet.recorded()  # a rerun may add or drop it
+    assert selftrain.parse_args(selftrain.to_argv(loud)) == loud
+    for without, step in zip(selftrain_steps.plan(quiet), selftrain_steps.plan(loud)):
+        assert "--tf_logs" not in without.flags and step.flags.count("--tf_logs") == 1, step.name
+        assert sorted(set(step.flags) - {"--tf_logs"}) == sorted(without.flags)
+    # Before the step's own flags: --label_flags=--notf_logs still quiets that step alone.
+    label = next(step.flags for step in selftrain_steps.plan(loud) if step.module == "pipeline.label")
+    assert label.index("--tf_logs") < label.index("--notf_logs")
 
 
 def test_a_failing_step_stops_the_loop_with_its_own_error_and_log(data, tmp_path, tiny_teacher):
@@ -187,9 +199,11 @@ def test_a_failing_step_stops_the_loop_with_its_own_error_and_log(data, tmp_path
     # refuses it, so the loop must pass its words on (and where the whole log is).
     code, output, errors = run_loop(loop_argv(data, tmp_path / "work", 1, teacher=tiny_teacher))
     assert code == 1 and [module for module, _ in commands(output)] == ["pipeline.label"]
-    assert "student.selftrain: error: step round1-label failed: pipeline.label exited with status" in errors
-    assert "randomly initialised" in errors and "--allow_random_teacher" in errors
-    assert f"{tmp_path}/work/logs/round1-label.log" in errors and "rerun the same command" in errors
+    # The step's last lines, then the error as one line (models/cli.py's convention).
+    *tail, error = errors.splitlines()
+    assert error.startswith("student.selftrain: error: step round1-label failed: pipeline.label exited with status")
+    assert "randomly initialised" in "".join(tail) and "--allow_random_teacher" in "".join(tail)
+    assert f"{tmp_path}/work/logs/round1-label.log" in error and "rerun the same command" in error
     assert not (tmp_path / "work" / "round1" / "labels" / "manifest.json").exists()
 
 
