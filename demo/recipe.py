@@ -14,9 +14,10 @@ What changes from the ImageNet recipe, and why:
   seed 0 (AMD EPYC, student 1 test top-1 with the same teacher and labels): m5 800 steps
   0.9518, m2 800 0.9462, m10 800 0.9555, m5 1600 0.9592, m10 1600 0.9610; hard labels
   (m10 1600) 0.9592; the old pseudo weight of 1/3 per image (m5 800) 0.9481.
-- --deterministic (TF op determinism) and one fixed compile mode (--jit_compile=xla, not
-  auto, whose measured choice may differ between two runs): every run on one machine prints
-  the same table. Other CPUs round differently and print other, equally valid, numbers.
+- --deterministic (TF op determinism) and one fixed compile mode for training and labeling
+  (--jit_compile=xla, not auto, whose measured choice may differ between two runs): every
+  run on one machine prints the same table. Other CPUs round differently and print other,
+  equally valid, numbers.
 The student is as large as the teacher and noised (RandAugment, dropout, stochastic depth
 from models.config), as in Noisy Student's equal-size iterations.
 """
@@ -47,5 +48,8 @@ def role_train_flags(steps, student):
 
 def label_flags(unlabeled_count, min_confidence=MIN_CONFIDENCE):
     # Noisy Student: confidence threshold 0.3, then balance every class to the same count.
+    # One compile mode, as for training: the teacher's measured choice ("auto") can differ
+    # between runs, and XLA and graph round differently, so a round's labels (and the student
+    # trained on them) would too.
     return [f"--min_confidence={min_confidence}", f"--per_class={unlabeled_count // 10}", "--num_shards=4",
-            "--max_batch_size=64"]
+            "--max_batch_size=64", "--jit_compile=xla"]
