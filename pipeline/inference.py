@@ -9,6 +9,7 @@ so a ragged batch never recompiles. The teacher uses whatever the worker has: a 
 picked up by TensorFlow, a TPU VM worker needs --teacher_strategy=tpu (--tpu=local).
 """
 
+import logging
 import math
 
 import apache_beam as beam
@@ -16,6 +17,18 @@ import numpy as np
 from apache_beam.ml.inference import base
 
 from pipeline.elements import LabeledImage, Rejection
+
+
+class _DropBeamsMisleadingResourceWarning(logging.Filter):
+    """Beam 2.77's RunInference imports the `resource` module in one try-block with its
+    optional ModelManager, which needs PyTorch; without PyTorch it logs "Resource module is
+    not available for current platform" on every model load, even on Linux, which has it."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("Resource module is not available for current platform")
+
+
+logging.getLogger().addFilter(_DropBeamsMisleadingResourceWarning())  # Beam logs it on the root logger
 
 REJECTED = "rejected"
 
