@@ -8,8 +8,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -125,6 +127,34 @@ def test_an_interrupted_training_step_is_rerun_and_resumes_from_its_checkpoint(l
     assert [module for module, _ in commands(output)] == ["student.train"]
     assert output.count("skip: finished earlier") == 6
     assert "resumed from step 2 of 2" in output and results.exists()
+
+
+def test_a_loop_killed_between_rounds_continues_on_rerun(data, tmp_path):
+    # SIGKILL to the loop and the step it runs (one process group) once round 1's student has
+    # finished: round 2's labeling may have started, or not. The same command then skips the
+    # teacher and round 1 and finishes round 2.
+    workdir = tmp_path / "work"
+    process = subprocess.Popen([sys.executable, "-m", "student.selftrain", *loop_argv(data, workdir, 2)],
+                               cwd=REPOSITORY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    finished = workdir / "round1" / "student" / "eval_results.json"
+    try:
+        deadline = time.monotonic() + 600
+        while not finished.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert finished.exists() and process.poll() is None, "round 1 did not finish while the loop ran"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (workdir / "round2" / "student" / "eval_results.json").exists()
+    code, output, errors = run_loop(loop_argv(data, workdir, 2))
+    assert code == 0, output[-3000:] + errors[-3000:]
+    assert output.count("skip: finished earlier") == 4  # the teacher and round 1's three steps
+    assert [module for module, _ in commands(output)][-1] == "student.train"
+    assert all(f"{workdir}/round2/" in arguments for _, arguments in commands(output))
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert [row["name"] for row in summary["rows"]] == ["teacher", "student 1", "student 2"]
+    assert all(row["top_1"] is not None for row in summary["rows"])
 
 
 def test_a_changed_setting_a_finished_step_used_is_refused(loop, data, capsys):
