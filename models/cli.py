@@ -140,6 +140,18 @@ def unknown_flags_message(arguments, candidates):
     return "; ".join(f"unknown flag {flag}{did_you_mean(flag.lstrip('-'), candidates)}" for flag in spelt)
 
 
+def parse_own_flags(values, prog, argv, error=UsageError):
+    """Parses `argv` (without the program name) into `values`, flags only: an absl error, or
+    a stray positional argument, raises `error` with the one-line message."""
+    try:
+        positional = values([prog, *argv])[1:]
+    except flags.Error as problem:
+        raise error(flag_error_message(problem, values)) from problem
+    if positional:
+        raise error(f"unexpected argument{'s' if len(positional) > 1 else ''} "
+                    f"{', '.join(map(repr, positional))}; every setting is a --flag.")
+
+
 def flag_error_message(error, values, candidates=None):
     """One line naming the flag for an absl flags.Error raised while `values` parsed argv."""
     candidates = flag_names(values) if candidates is None else candidates

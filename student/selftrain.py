@@ -140,13 +140,7 @@ def help_text():
 def parse_args(argv):
     """`argv` (without the program name) -> LoopSettings; raises UsageError for a malformed command."""
     values = define_flags()
-    try:
-        positional = values([PROG, *argv])[1:]
-    except flags.Error as error:
-        raise UsageError(cli.flag_error_message(error, values)) from error
-    if positional:
-        raise UsageError(f"unexpected argument{'s' if len(positional) > 1 else ''} "
-                         f"{', '.join(map(repr, positional))}; every setting is a --flag.")
+    cli.parse_own_flags(values, PROG, argv, UsageError)
     missing = [f"--{name}" for name in REQUIRED if not values[name].value]
     if missing:
         names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)

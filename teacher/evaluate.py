@@ -284,13 +284,7 @@ def run(argv):
     if cli.wants_help(argv) or "--helpfull" in argv:
         sys.stdout.write(cli.help_text(__doc__, values, GROUPS, ("data",)))
         return None
-    try:
-        positional = values([PROG, *argv])[1:]
-    except flags.Error as error:
-        raise UsageError(cli.flag_error_message(error, values)) from error
-    if positional:
-        raise UsageError(f"unexpected argument{'s' if len(positional) > 1 else ''} "
-                         f"{', '.join(map(repr, positional))}; every setting is a --flag.")
+    cli.parse_own_flags(values, PROG, argv, UsageError)
     if not values.data:
         raise UsageError("--data is required: an image folder, tfds:NAME[/SPLIT] or a TFRecord glob.")
     data, split = values.data, values.split
