@@ -38,7 +38,7 @@ setuptools.setup(
     # Tested on 3.11 (the demo, CI and the containers use it); the range is what TensorFlow
     # 2.16-2.21, Keras >= 3.12 and Beam support together.
     python_requires=">=3.10,<3.13",
-    packages=setuptools.find_packages(include=["models", "teacher", "pipeline", "student"]),
+    packages=setuptools.find_packages(include=["models", "teacher", "pipeline", "pipeline.report", "student"]),
     install_requires=[
         TENSORFLOW + TENSORFLOW_RANGE,
         # Teachers load with safe_mode; older Keras has published bypasses of it: CVE-2025-1550
@@ -60,7 +60,8 @@ setuptools.setup(
             "resnet-rs-evaluate = teacher.evaluate:main",
             "resnet-rs-export-teacher = teacher.export:main",
             "resnet-rs-label = pipeline.label:main",
-            "resnet-rs-report = pipeline.report:main",
+            "resnet-rs-report = pipeline.report.cli:main",
+            "resnet-rs-select = pipeline.select:main",
             "resnet-rs-selftrain = student.selftrain:main",
             "resnet-rs-train = student.train:main",
         ],

@@ -1,7 +1,11 @@
-"""The Beam labeling job: read, decode, label (RunInference), select, write, account, report.
+"""The Beam labeling job, in two stages, and its report.
 
-Entry points: `python -m pipeline.label` (`pipeline.label.run(argv)`) and
-`python -m pipeline.report`. Record formats: `pipeline.records`.
+Stage 1, inference (`pipeline.predict`): inputs -> the prediction index (`pipeline.index`).
+Stage 2, selection (`pipeline.select`): the index -> train records (`pipeline.records`),
+fetching the kept images' bytes (`pipeline.fetch`) inside the shard writers (`pipeline.write`).
+Entry points: `python -m pipeline.label` (both stages; `pipeline.label.run(argv)`),
+`python -m pipeline.select` (stage 2 alone) and `python -m pipeline.report`
+(`pipeline.report.cli`).
 """
 
 from models import cli

@@ -46,7 +46,8 @@ STATS_FILE = "stats.json"
 STAGING_PREFIX = "_staging-"
 CLAIM_PREFIX = "_committing-"
 TEMP_PREFIX = "_tmp-"
-COUNT_NAMES = ("read", "rejected", "labeled", "below_threshold", "over_cap", "kept", "duplicates", "written")
+COUNT_NAMES = ("read", "rejected", "labeled", "below_threshold", "over_cap", "kept", "duplicates", "unavailable",
+               "unavailable_copies", "written")
 
 
 class AccountingError(RuntimeError):
@@ -65,14 +66,17 @@ def check_accounting(counts, rejected_written):
     problems = []
     if counts["read"] != counts["rejected"] + counts["labeled"]:
         problems.append(f"read {counts['read']} != rejected {counts['rejected']} + labeled {counts['labeled']}")
-    if counts["labeled"] != counts["below_threshold"] + counts["over_cap"] + counts["kept"]:
+    if counts["labeled"] != counts["below_threshold"] + counts["over_cap"] + counts["kept"] + counts["unavailable"]:
         problems.append(f"labeled {counts['labeled']} != below_threshold {counts['below_threshold']} + over_cap "
-                        f"{counts['over_cap']} + kept {counts['kept']}")
+                        f"{counts['over_cap']} + kept {counts['kept']} + unavailable {counts['unavailable']}")
     if counts["written"] != counts["kept"] + counts["duplicates"]:
         problems.append(f"records written {counts['written']} != kept {counts['kept']} + duplicates "
                         f"{counts['duplicates']}")
-    if rejected_written != counts["rejected"]:
-        problems.append(f"rejection lines written {rejected_written} != rejected {counts['rejected']}")
+    # Selected inputs that could not be fetched again are listed with the rejections too.
+    listed = counts["rejected"] + counts["unavailable"] + counts["unavailable_copies"]
+    if rejected_written != listed:
+        problems.append(f"rejection lines written {rejected_written} != rejected {counts['rejected']} + unavailable "
+                        f"{counts['unavailable']} + unavailable copies {counts['unavailable_copies']}")
     if problems:
         raise AccountingError("The labeling job's accounting does not close: " + "; ".join(problems)
                               + ". Nothing was published.")
@@ -302,6 +306,9 @@ class Commit(beam.DoFn):
         train_files = sorted(facts["train_files"])
         rejected_files = sorted(facts["rejected_files"])
         counts = {name: int(facts[name]) for name in COUNT_NAMES if name != "written"}
+        # Facts count what selection chose; the shard writers could not fetch the unavailable ones.
+        counts["kept"] -= counts["unavailable"]
+        counts["duplicates"] -= counts["unavailable_copies"]
         counts["written"] = sum(count for _, count in train_files)
         check_accounting(counts, sum(count for _, count in rejected_files))
         document = stats.stats_document(facts, self._class_names)

@@ -33,14 +33,11 @@ import io
 import struct
 import threading
 
-import apache_beam as beam
 import numpy as np
 import tensorflow as tf
-from apache_beam.utils import shared
 from PIL import Image, ImageOps
 
 from models import preprocessing
-from pipeline.elements import Rejection, StoredImage
 
 REJECTED = "rejected"
 THUMBNAIL_SIDE = 64
@@ -158,21 +155,24 @@ def _student_reads_the_same(data, source_format, pixels):
                for top in range(0, pixels.shape[0], rows))
 
 
-def decode(data, max_pixels, max_side=0, memory=None):
+def decode(data, max_pixels, max_side=0, memory=None, store=True, thumbnail=True):
     """(uint8 pixels (H, W, 3) the teacher sees, bytes to store, thumbnail JPEG bytes).
 
     `memory`: a DecodeMemory budget the decode reserves its estimated peak from (and waits
     for) between reading the header and decoding. Raises ImageRejected with a reason for
     anything that is not a usable image, including one that alone exceeds the budget.
+    `store`, `thumbnail`: False skips that part (None in its place): prediction needs the
+    pixels only; selection needs the stored bytes of the images it keeps; the report needs
+    thumbnails of a few. Each part is a deterministic function of `data` and the flags.
     """
     image = _open_checked(data, max_pixels)
     if memory is None:
-        return _decode_opened(image, data, max_side)
+        return _decode_opened(image, data, max_side, store, thumbnail)
     with memory.reserve(decode_peak_bytes(image), f"{image.size[0]}x{image.size[1]} {image.mode}"):
-        return _decode_opened(image, data, max_side)
+        return _decode_opened(image, data, max_side, store, thumbnail)
 
 
-def _decode_opened(image, data, max_side):
+def _decode_opened(image, data, max_side, store=True, thumbnail=True):
     source_format = image.format
     try:
         image.seek(0)
@@ -185,6 +185,9 @@ def _decode_opened(image, data, max_side):
         raise ImageRejected(f"undecodable: {type(error).__name__}: {error}") from error
 
     pixels = np.asarray(rgb, dtype=np.uint8)
+    small = _encode(_thumbnail(rgb), "JPEG", quality=80) if thumbnail else None
+    if not store:
+        return pixels, None, small
     too_large = max_side and max(rgb.size) > max_side
     eligible = (source_format in _PASS_THROUGH_FORMATS and original_mode in ("RGB", "L") and not rotated
                 and not too_large)
@@ -199,7 +202,7 @@ def _decode_opened(image, data, max_side):
         # the student still sees exactly the teacher's pixels.
         stored = (_encode(kept, "JPEG", quality=95) if source_format in _LOSSY_FORMATS and not eligible
                   else _encode(kept, "PNG", optimize=False))
-    return pixels, stored, _encode(_thumbnail(rgb), "JPEG", quality=80)
+    return pixels, stored, small
 
 
 def _thumbnail(rgb):
@@ -259,31 +262,9 @@ class DecodeMemory:
                 self._changed.notify_all()
 
 
-class DecodeImages(beam.DoFn):
-    """Candidate -> (StoredImage, pixels); undecodable inputs to the `rejected` output."""
-
-    def __init__(self, max_pixels, max_side, decode_memory_mb=DEFAULT_DECODE_MEMORY_MB):
-        self._max_pixels = max_pixels
-        self._max_side = max_side
-        self._memory_limit = decode_memory_mb << 20
-        # Beam's Shared hands every DoFn instance (thread) of one worker process the same budget.
-        self._shared_memory = shared.Shared()
-        self._memory = None
-        self._decoded = beam.metrics.Metrics.counter("Decode", "decoded")
-        self._rejected = beam.metrics.Metrics.counter("Decode", "rejected")
-        self._bytes = beam.metrics.Metrics.distribution("Decode", "input_bytes")
-
-    def setup(self):
-        limit = self._memory_limit
-        self._memory = self._shared_memory.acquire(lambda: DecodeMemory(limit), tag=f"decode-memory-{limit}")
-
-    def process(self, candidate):
-        self._bytes.update(len(candidate.data))
-        try:
-            pixels, stored, thumbnail = decode(candidate.data, self._max_pixels, self._max_side, self._memory)
-        except ImageRejected as rejection:
-            self._rejected.inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(candidate.uri, str(rejection), "decode"))
-            return
-        self._decoded.inc()
-        yield StoredImage(content_key(candidate.data), candidate.uri, stored, thumbnail), pixels
+def shared_memory(shared_handle, decode_memory_mb):
+    """The DecodeMemory of this worker process for `decode_memory_mb`, through Beam's Shared
+    (`apache_beam.utils.shared.Shared`), which hands every DoFn instance (thread) of one
+    process the same object, as RunInference does with its model."""
+    limit = decode_memory_mb << 20
+    return shared_handle.acquire(lambda: DecodeMemory(limit), tag=f"decode-memory-{limit}")

@@ -6,10 +6,12 @@ import numpy as np
 
 
 class Candidate(NamedTuple):
-    """One input as read: where it came from and its raw bytes."""
+    """One input as read: where it came from and its raw bytes. `offset`: the byte offset of
+    its record in a TFRecord file (so selection can fetch it again with one seek), else -1."""
 
     uri: str
     data: bytes
+    offset: int = -1
 
 
 class Rejection(NamedTuple):
@@ -25,20 +27,15 @@ class Rejection(NamedTuple):
         return self.reason.split(":", 1)[0]
 
 
-class StoredImage(NamedTuple):
-    """What the job keeps of a decoded image: its id, origin, the bytes written to the
-    records, and a small JPEG thumbnail for the report."""
+class Prediction(NamedTuple):
+    """One entry of the prediction index (stage 1's output): the teacher's soft label for one
+    input, and where to fetch the input again, without its bytes. `input_bytes` sizes the
+    train shards; `offset` locates a record inside a TFRecord input (-1 otherwise)."""
 
-    key: str  # sha256 hex of the original input bytes
+    key: str  # sha256 hex of the input bytes
     uri: str
-    encoded: bytes
-    thumbnail: bytes
-
-
-class LabeledImage(NamedTuple):
-    """A stored image with the teacher's soft label."""
-
-    image: StoredImage
+    offset: int
+    input_bytes: int
     top_k_indices: tuple
     top_k_probabilities: tuple
     confidence: float
@@ -53,4 +50,4 @@ class LabeledImage(NamedTuple):
     @property
     def identity(self):
         """Unique per input (two inputs may share content, so the key alone is not)."""
-        return f"{self.image.key}|{self.image.uri}"
+        return f"{self.key}|{self.uri}"

@@ -1,12 +1,11 @@
-"""Label: Beam RunInference with the teacher, keyed so each label stays with its image.
+"""The teacher as a Beam RunInference ModelHandler, and the check of its outputs.
 
 The model handler wraps `teacher.load`, which loads a teacher once per process and shares it
-across the DoFn threads of that process; RunInference adds its own per-process sharing on
-top (and, with --share_model_across_processes, one copy per worker VM for big teachers).
-Batches come from RunInference's BatchElements between --min_batch_size and
---max_batch_size; the teacher pads each to its fixed compiled batch (= --max_batch_size),
-so a ragged batch never recompiles. The teacher uses whatever the worker has: a GPU is
-picked up by TensorFlow, a TPU VM worker needs --teacher_strategy=tpu (--tpu=local).
+across the threads of that process (pipeline/predict.py acquires it through Beam's Shared,
+as RunInference does). The teacher pads each batch to its fixed compiled batch
+(= --max_batch_size), so a ragged last batch never recompiles. The teacher uses whatever the
+worker has: a GPU is picked up by TensorFlow, a TPU VM worker needs --teacher_strategy=tpu
+(--tpu=local).
 """
 
 import logging
@@ -16,7 +15,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference import base
 
-from pipeline.elements import LabeledImage, Rejection
+from pipeline.elements import Rejection
 
 
 class _DropBeamsMisleadingResourceWarning(logging.Filter):
@@ -30,27 +29,22 @@ class _DropBeamsMisleadingResourceWarning(logging.Filter):
 
 logging.getLogger().addFilter(_DropBeamsMisleadingResourceWarning())  # Beam logs it on the root logger
 
-REJECTED = "rejected"
-
 
 class TeacherModelHandler(base.ModelHandler):
     """uint8 (H, W, 3) pixels -> per-image soft-label dicts, with a `teacher.Teacher`."""
 
-    def __init__(self, teacher_dir, *, top_k, temperature, full_distribution, min_batch_size,
-                 max_batch_size, precision="float32", jit_compile="auto", strategy="auto", tpu=None,
-                 share_across_processes=False):
+    def __init__(self, teacher_dir, *, top_k, temperature, full_distribution, max_batch_size, precision="float32",
+                 jit_compile="auto", strategy="auto", tpu=None):
         super().__init__()
         self._teacher_dir = teacher_dir
         self._top_k = top_k
         self._temperature = temperature
         self._full_distribution = full_distribution
-        self._min_batch_size = min_batch_size
         self._max_batch_size = max_batch_size
         self._precision = precision
         self._jit_compile = jit_compile
         self._strategy = strategy
         self._tpu = tpu
-        self._share = share_across_processes
 
     def load_model(self):
         import teacher  # deferred: workers import TensorFlow only when they load the model
@@ -80,10 +74,13 @@ class TeacherModelHandler(base.ModelHandler):
         return sum(image.nbytes for image in batch)
 
     def batch_elements_kwargs(self):
-        return {"min_batch_size": self._min_batch_size, "max_batch_size": self._max_batch_size}
+        return {"min_batch_size": self._max_batch_size, "max_batch_size": self._max_batch_size}
 
-    def share_model_across_processes(self):
-        return self._share
+    def cache_tag(self):
+        """One loaded teacher per process and configuration (the key of Beam's Shared)."""
+        return f"teacher-{self._teacher_dir}-{self._max_batch_size}-{self._precision}-{self._jit_compile}-" \
+               f"{self._strategy}-{self._tpu}"
+
 
     def get_metrics_namespace(self):
         return "Label"
@@ -99,38 +96,10 @@ def non_finite_fields(labeled):
     return found
 
 
-class _RejectNonFinite(beam.DoFn):
+def non_finite_rejection(labeled, fields):
     """A label with a NaN or infinite value -> a rejection, so one bad prediction costs one
-    image rather than the whole job (the histograms at Facts cannot place a NaN) and the
+    image rather than the whole job (the histograms of the stats cannot place a NaN) and the
     accounting (read = rejected + labeled) still closes."""
-
-    def __init__(self):
-        self._rejected = beam.metrics.Metrics.counter("Label", "non_finite_prediction")
-
-    def process(self, labeled):
-        fields = non_finite_fields(labeled)
-        if not fields:
-            yield labeled
-            return
-        self._rejected.inc()
-        values = ", ".join(f"{name} {getattr(labeled, name)}" for name in ("confidence", "entropy"))
-        yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
-            labeled.image.uri, f"non_finite_prediction: the teacher's {', '.join(fields)} is not finite "
-                               f"({values})", "label"))
-
-
-class Label(beam.PTransform):
-    """(StoredImage, pixels) -> LabeledImage, through RunInference.
-
-    Returns a tagged output: `labeled` (LabeledImage) and `rejected` (Rejection, for images
-    whose prediction holds a NaN or an infinity)."""
-
-    def __init__(self, handler):
-        super().__init__()
-        self._handler = handler
-
-    def expand(self, images):
-        return (images
-                | "RunInference" >> base.RunInference(base.KeyedModelHandler(self._handler))
-                | "AttachLabels" >> beam.MapTuple(lambda stored, label: LabeledImage(stored, **label))
-                | "RejectNonFinite" >> beam.ParDo(_RejectNonFinite()).with_outputs(REJECTED, main="labeled"))
+    values = ", ".join(f"{name} {getattr(labeled, name)}" for name in ("confidence", "entropy"))
+    return Rejection(labeled.uri, f"non_finite_prediction: the teacher's {', '.join(fields)} is not finite "
+                                  f"({values})", "label")

@@ -18,11 +18,21 @@ from models import cli
 from pipeline import beam_flags, commit, decode, sources
 
 PROG = "pipeline.label"
+SELECT_PROG = "pipeline.select"
 REQUIRED = ("teacher", "input", "output")
-# A permission, not a labeling setting: it changes no label, so neither the run id nor the
-# manifest's settings record it (the manifest's teacher.random_init says what matters).
-# --progress_every_s only changes what the job prints while it runs.
-NOT_SETTINGS = ("allow_random_teacher", "progress_every_s")
+SELECT_REQUIRED = ("predictions", "output")
+# What decides the prediction index (stage 1): a rerun with the same values (and the same
+# teacher) resumes it; any other value is another index.
+PREDICTION_FIELDS = ("teacher", "input", "input_format", "image_feature", "data_dir", "tfds_ranges", "top_k",
+                     "temperature", "full_distribution", "max_pixels", "max_bytes", "decode_memory_mb",
+                     "images_per_prediction_shard", "max_batch_size", "precision", "jit_compile", "teacher_strategy",
+                     "tpu")
+# What decides the selection (stage 2), made from an index without the teacher.
+SELECTION_FIELDS = ("min_confidence", "per_class", "balance", "dedup", "max_side", "num_shards", "target_shard_mb",
+                    "rejected_shards", "thumbnails_per_class")
+# The rest change no output: where things go, permissions (the manifest's teacher.random_init
+# says what matters), parallelism and what is printed.
+SELECT_FLAGS = ("predictions", "output", "overwrite", "fetch_threads", *SELECTION_FIELDS)
 
 
 class UsageError(cli.UsageError):
@@ -45,34 +55,40 @@ class LabelSettings:
     balance: str = "none"
     dedup: bool = False
     full_distribution: bool = False
+    predictions: str = None  # default: OUT_DIR/predictions
+    images_per_prediction_shard: int = 10_000
+    decode_threads: int = 0  # 0: the machine's CPU count
+    fetch_threads: int = 16
+    target_shard_mb: int = 256
     max_side: int = 0
     max_pixels: int = 100_000_000
     max_bytes: int = sources.DEFAULT_MAX_BYTES
     decode_memory_mb: int = decode.DEFAULT_DECODE_MEMORY_MB
-    num_shards: int = 16
+    num_shards: int = 0  # 0: from the data, --target_shard_mb each
     rejected_shards: int = 1
-    min_batch_size: int = 1
     max_batch_size: int = 32
     precision: str = "float32"
     jit_compile: str = "auto"
     teacher_strategy: str = "auto"
     tpu: str = None
-    share_model_across_processes: bool = False
     thumbnails_per_class: int = 4
     overwrite: bool = False
     allow_random_teacher: bool = False
     progress_every_s: float = 10.0
 
-    def run_id(self):
-        """Deterministic id of a run's settings (no wall clock): names its staging dir."""
-        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_SETTINGS}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    def prediction_settings(self):
+        return {name: getattr(self, name) for name in PREDICTION_FIELDS}
 
-    def to_manifest(self):
-        keep = dataclasses.asdict(self)
-        for name in ("teacher", "input", "output", "overwrite", *NOT_SETTINGS):
-            keep.pop(name)
-        return keep
+    def selection_settings(self):
+        return {name: getattr(self, name) for name in SELECTION_FIELDS}
+
+    def predictions_dir(self):
+        return self.predictions or FileSystems.join(self.output, "predictions")
+
+
+def digest(document):
+    """Deterministic id of settings (no wall clock)."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def define_flags():
@@ -82,6 +98,17 @@ def define_flags():
     flags.DEFINE_string("teacher", None, "Teacher directory (python -m teacher.export).", **f)
     flags.DEFINE_string("input", None, "Image glob, list file, TFRecord glob, or tfds:NAME/SPLIT.", **f)
     flags.DEFINE_string("output", None, "OUT_DIR for records, rejections, manifest and stats (local or gs://).", **f)
+    flags.DEFINE_string("predictions", None, "PRED_DIR of the prediction index (stage 1's output; default "
+                        "OUT_DIR/predictions). pipeline.select reads it.", **f)
+    flags.DEFINE_integer("images_per_prediction_shard", defaults.images_per_prediction_shard,
+                         "Image files per prediction shard: the unit of work, and what a killed run loses at "
+                         "most per worker thread (a TFRecord file or TFDS range is a shard of its own).", **f)
+    flags.DEFINE_integer("decode_threads", defaults.decode_threads, "Threads reading and decoding per worker "
+                         "process (0: the CPU count).", **f)
+    flags.DEFINE_integer("fetch_threads", defaults.fetch_threads, "Parallel reads per train shard writer, which "
+                         "fetches the selected images' bytes.", **f)
+    flags.DEFINE_integer("target_shard_mb", defaults.target_shard_mb, "train-* shard size the shard count aims "
+                         "at (selected input bytes, copies included), unless --num_shards is set.", **f)
     flags.DEFINE_enum("input_format", "auto", sources.INPUT_FORMATS, "Kind of --input; auto guesses.", **f)
     flags.DEFINE_string("image_feature", None, "Image bytes feature of TFRecord/TFDS input "
                         "(default image/encoded, or image for TFDS).", **f)
@@ -97,7 +124,8 @@ def define_flags():
                          "Noisy Student: 130000).", **f)
     flags.DEFINE_enum("balance", None, ["duplicate", "none"], "Fill classes below --per_class by duplicating "
                       "their images (default: duplicate when --per_class is set).", **f)
-    flags.DEFINE_bool("dedup", defaults.dedup, "Label identical image content once; reject the copies.", **f)
+    flags.DEFINE_bool("dedup", defaults.dedup, "Keep one input (the smallest URI) of identical "
+                      "content; reject the others as duplicates.", **f)
     flags.DEFINE_bool("full_distribution", defaults.full_distribution, "Also store every class probability.", **f)
     flags.DEFINE_integer("max_side", defaults.max_side, "Downscale stored images to this side (0: keep).", **f)
     flags.DEFINE_integer("max_pixels", defaults.max_pixels, "Reject images with more pixels, before decoding.", **f)
@@ -106,10 +134,11 @@ def define_flags():
                          "alone needs more is rejected (too_much_memory).", **f)
     flags.DEFINE_integer("max_bytes", defaults.max_bytes, "Reject input images of more bytes, before reading them "
                          "(files: from the listing's size, and no read goes further).", **f)
-    flags.DEFINE_integer("num_shards", defaults.num_shards, "train-* shards.", **f)
+    flags.DEFINE_integer("num_shards", defaults.num_shards, "train-* shards (0: from the data, see "
+                         "--target_shard_mb).", **f)
     flags.DEFINE_integer("rejected_shards", defaults.rejected_shards, "rejected-* shards.", **f)
-    flags.DEFINE_integer("min_batch_size", defaults.min_batch_size, "Smallest inference batch.", **f)
-    flags.DEFINE_integer("max_batch_size", defaults.max_batch_size, "Largest inference batch (compiled size).", **f)
+    flags.DEFINE_integer("max_batch_size", defaults.max_batch_size, "Inference batch (the teacher's compiled "
+                         "size).", **f)
     flags.DEFINE_enum("precision", defaults.precision, ["float32", "bfloat16"], "Teacher compute precision.", **f)
     flags.DEFINE_enum("jit_compile", defaults.jit_compile, ["auto", "xla", "graph"],
                       "Teacher compile mode. auto: XLA on GPU/TPU; on a CPU the faster of XLA and TF's graph "
@@ -117,8 +146,6 @@ def define_flags():
     flags.DEFINE_enum("teacher_strategy", defaults.teacher_strategy, ["auto", "cpu", "gpu", "tpu"],
                       "tf.distribute strategy of the teacher on each worker.", **f)
     flags.DEFINE_string("tpu", None, "TPU name for --teacher_strategy=tpu ('local' on a TPU VM worker).", **f)
-    flags.DEFINE_bool("share_model_across_processes", False,
-                      "One teacher per worker VM instead of one per process (large teachers).", **f)
     flags.DEFINE_integer("thumbnails_per_class", defaults.thumbnails_per_class,
                          "Most and least confident examples per class kept for the report.", **f)
     flags.DEFINE_bool("overwrite", False, "Replace a committed run in --output (atomically, at commit).", **f)
@@ -135,47 +162,73 @@ def define_flags():
 GROUPS = (
     ("Input", ["input", "input_format", "image_feature", "data_dir", "tfds_ranges", "max_bytes", "max_pixels",
                "decode_memory_mb"]),
+    ("Prediction index", ["predictions", "images_per_prediction_shard"]),
     ("Teacher", ["teacher", "allow_random_teacher", "top_k", "temperature", "full_distribution"]),
     ("Selection", ["min_confidence", "per_class", "balance", "dedup"]),
-    ("Output", ["output", "overwrite", "num_shards", "rejected_shards", "max_side", "thumbnails_per_class"]),
-    ("Runtime", ["teacher_strategy", "tpu", "precision", "jit_compile", "min_batch_size", "max_batch_size",
-                 "share_model_across_processes", "progress_every_s", cli.TF_LOGS]),
+    ("Output", ["output", "overwrite", "num_shards", "target_shard_mb", "rejected_shards", "max_side",
+                "thumbnails_per_class"]),
+    ("Runtime", ["teacher_strategy", "tpu", "precision", "jit_compile", "max_batch_size", "decode_threads",
+                 "fetch_threads", "progress_every_s", cli.TF_LOGS]),
 )
 
 
-def help_text(doc):
+def _flags_of(prog):
+    values = define_flags()
+    if prog == SELECT_PROG:
+        for name in list(values):
+            if name not in (*SELECT_FLAGS, cli.TF_LOGS):
+                delattr(values, name)
+    return values
+
+
+def help_text(doc, prog=PROG):
     """--help: `doc` (the job's usage), then the job's own flags by group, then how to see Beam's."""
-    values = define_flags()
+    values = _flags_of(prog)
     groups = [(title, [name for name in names if name in values]) for title, names in GROUPS]
-    return cli.help_text(doc, values, groups, REQUIRED, beam_flags.FOOTER)
+    required = SELECT_REQUIRED if prog == SELECT_PROG else REQUIRED
+    return cli.help_text(doc, values, [group for group in groups if group[1]], required, beam_flags.FOOTER)
 
 
-def parse(argv):
-    """argv (without the program name) -> (LabelSettings, Beam args). Raises UsageError."""
-    values = define_flags()
+def parse(argv, prog=PROG):
+    """argv (without the program name) -> (settings given, Beam args). Raises UsageError.
+
+    For pipeline.select the settings hold its own flags; the rest come from the index
+    (`with_index`)."""
+    values = _flags_of(prog)
     try:
-        beam_args = values([PROG, *argv], known_only=True)[1:]
+        beam_args = values([prog, *argv], known_only=True)[1:]
     except flags.Error as error:
         raise UsageError(cli.flag_error_message(error, values)) from error
     unknown = beam_flags.unknown(beam_args)
     if unknown:
         candidates = cli.flag_names(values) + beam_flags.option_names() + [beam_flags.HELP_FLAG[2:]]
         raise UsageError(cli.unknown_flags_message(unknown, candidates))
-    for name in REQUIRED:
+    for name in (SELECT_REQUIRED if prog == SELECT_PROG else REQUIRED):
         if not values[name].value:
             raise UsageError(f"--{name} is required.")
     fields = {f.name for f in dataclasses.fields(LabelSettings)}
     chosen = {name: values[name].value for name in fields if name in values}
     if chosen["balance"] is None:
         chosen["balance"] = "duplicate" if chosen["per_class"] else "none"
+    chosen.setdefault("teacher", "")
+    chosen.setdefault("input", "")
     return LabelSettings(**chosen), beam_args
 
 
 def resolve(settings, num_classes):
-    """Fills defaults that depend on the teacher."""
+    """Fills defaults that depend on the teacher and the input."""
     if not settings.top_k:
         settings = dataclasses.replace(settings, top_k=min(5, num_classes))
+    if settings.input_format == "auto":
+        settings = dataclasses.replace(settings, input_format=sources.guess_format(settings.input))
+    if not settings.image_feature:
+        settings = dataclasses.replace(settings, image_feature=sources.default_image_feature(settings.input_format))
     return settings
+
+
+def with_index(settings, index_document):
+    """pipeline.select's settings: its own flags, and the prediction settings of the index."""
+    return dataclasses.replace(settings, **index_document["settings"])
 
 
 def validate(settings, num_classes):
@@ -184,28 +237,38 @@ def validate(settings, num_classes):
     checks = [
         (1 <= s.top_k <= num_classes, f"--top_k={s.top_k} must be between 1 and the teacher's {num_classes} classes"),
         (s.temperature > 0, f"--temperature={s.temperature} must be > 0"),
+        (s.max_pixels > 0, f"--max_pixels={s.max_pixels} must be > 0"),
+        (s.decode_memory_mb > 0, f"--decode_memory_mb={s.decode_memory_mb} must be > 0"),
+        # 2 GiB - 1: a protobuf message (the record that stores the image) cannot be larger.
+        (0 < s.max_bytes < 1 << 31, f"--max_bytes={s.max_bytes} must be between 1 and {(1 << 31) - 1}"),
+        (s.max_batch_size >= 1, f"--max_batch_size={s.max_batch_size} must be >= 1"),
+        (s.images_per_prediction_shard >= 1, "--images_per_prediction_shard must be >= 1"),
+        (s.decode_threads >= 0, "--decode_threads must be >= 0 (0: the CPU count)"),
+        (s.tfds_ranges >= 1, "--tfds_ranges must be >= 1"),
+        (not (s.tpu and s.teacher_strategy not in ("auto", "tpu")),
+         f"--tpu={s.tpu} contradicts --teacher_strategy={s.teacher_strategy}"),
+    ]
+    _raise_first(checks)
+    _check_input(s)
+    validate_selection(s)
+
+
+def validate_selection(settings):
+    """Checks of the selection flags and of OUT_DIR (both CLIs)."""
+    s = settings
+    _raise_first([
         (0.0 <= s.min_confidence <= 1.0, f"--min_confidence={s.min_confidence} must be in [0, 1]"),
         (s.per_class >= 0, f"--per_class={s.per_class} must be >= 0"),
         (not (s.balance == "duplicate" and not s.per_class),
          "--balance=duplicate needs --per_class (the count each class is filled to)"),
         (s.max_side >= 0, f"--max_side={s.max_side} must be >= 0"),
-        (s.max_pixels > 0, f"--max_pixels={s.max_pixels} must be > 0"),
-        (s.decode_memory_mb > 0, f"--decode_memory_mb={s.decode_memory_mb} must be > 0"),
-        # 2 GiB - 1: a protobuf message (the record that stores the image) cannot be larger.
-        (0 < s.max_bytes < 1 << 31, f"--max_bytes={s.max_bytes} must be between 1 and {(1 << 31) - 1}"),
-        (s.num_shards >= 1 and s.rejected_shards >= 1, "--num_shards and --rejected_shards must be >= 1"),
-        (1 <= s.min_batch_size <= s.max_batch_size,
-         f"--min_batch_size={s.min_batch_size} must be >= 1 and <= --max_batch_size={s.max_batch_size}"),
+        (s.num_shards >= 0, "--num_shards must be >= 0 (0: from the data)"),
+        (s.target_shard_mb >= 1, "--target_shard_mb must be >= 1"),
+        (s.rejected_shards >= 1, "--rejected_shards must be >= 1"),
+        (s.fetch_threads >= 1, "--fetch_threads must be >= 1"),
         (s.thumbnails_per_class >= 0, "--thumbnails_per_class must be >= 0"),
-        (s.tfds_ranges >= 1, "--tfds_ranges must be >= 1"),
         (s.progress_every_s >= 0, f"--progress_every_s={s.progress_every_s} must be >= 0 (0: no progress)"),
-        (not (s.tpu and s.teacher_strategy not in ("auto", "tpu")),
-         f"--tpu={s.tpu} contradicts --teacher_strategy={s.teacher_strategy}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message + ".")
-    _check_input(s)
+    ])
     claims = commit.pending_claims(s.output)
     if claims:  # checked here too, so a stale claim fails this run before, not after, its inference
         raise UsageError(f"--output={s.output} holds {claims[0]}: another labeling job is committing there, or one "
@@ -214,6 +277,12 @@ def validate(settings, num_classes):
     if commit.existing_outputs(s.output) and not s.overwrite:
         raise UsageError(f"--output={s.output} already holds a labeling run; pass --overwrite to replace it "
                          "(the new run replaces it only once it has finished).")
+
+
+def _raise_first(checks):
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message + ".")
 
 
 def _check_input(s):

@@ -139,14 +139,14 @@ class Board:
 
 
 class _Tally(beam.DoFn):
-    """Counts the images of one PCollection as `kind` (labeled or rejected); yields nothing.
+    """Counts ("labeled" | "rejected", count) elements; yields nothing.
 
     Locally it also publishes its counts to the board: every `every_s / 2` (at most once a
     second) and at the end of each bundle, so the last line of the run misses none.
     """
 
-    def __init__(self, kind, board_path=None, every_s=0):
-        self._kind, self._board_path, self._every_s = kind, board_path, every_s
+    def __init__(self, board_path=None, every_s=0):
+        self._board_path, self._every_s = board_path, every_s
         self._processed = beam.metrics.Metrics.counter(NAMESPACE, "processed")
 
     def setup(self):
@@ -157,11 +157,12 @@ class _Tally(beam.DoFn):
         self._next_publish, self._total = 0.0, None
 
     def process(self, element, total=None):
-        self._processed.inc()
+        kind, count = element
+        self._processed.inc(count)
         if self._board is None:
             return
         now = time.time()
-        self._counts[self._kind] += 1
+        self._counts[kind] += count
         self._counts["first"] = self._counts["first"] or now
         self._counts["last"] = now
         self._total = total
@@ -205,23 +206,11 @@ class _Finish(beam.DoFn):
         board.remove()
 
 
-def _parts(pcoll):
-    """The PCollections that `pcoll` is the Flatten of (itself when it is none).
-
-    A tally must sit on these: a runner runs a Flatten's consumers only once all its inputs are
-    complete (FnApiRunner materializes it), which would count them at the end, all at once.
-    """
-    producer = pcoll.producer
-    if producer is not None and isinstance(producer.transform, beam.Flatten):
-        return [part for source in producer.inputs for part in _parts(source)]
-    return [pcoll]
-
-
-def track(every_s, runner, found, labeled, rejected, committed):
+def track(every_s, runner, found, done, committed):
     """Adds the stage "Progress" to the pipeline of these PCollections.
 
-    `found`: ReadImages.found (empty: total unknown); `labeled`, `rejected`: every image the job
-    labels and rejects; `committed`: the commit's output, after which the final line is printed.
+    `found`: ListUnits.found (empty: total unknown); `done`: ("labeled" | "rejected", count)
+    as images finish; `committed`: the stage's output, after which the final line is printed.
     """
     local = isinstance(runner, _LOCAL_RUNNERS)
     if not local:
@@ -229,14 +218,14 @@ def track(every_s, runner, found, labeled, rejected, committed):
              f"{NAMESPACE}/processed (labeled or rejected) of {NAMESPACE}/found (the total), next to ReadImages/*, "
              "Decode/*, Label/*: on Dataflow the job page (Job metrics, Custom counters) or "
              "`gcloud dataflow metrics list JOB_ID --region=REGION --source=user`.")
-    inputs = {"labeled": labeled, "rejected": rejected, "committed": committed,
+    inputs = {"done": done, "committed": committed,
               **{f"found{index}": part for index, part in enumerate(found)}}
     return inputs | "Progress" >> Progress(every_s, local)
 
 
 class Progress(beam.PTransform):
-    """{"labeled", "rejected", "committed", "found0".. (may be none)} -> Beam counters, and the
-    lines printed on a local runner (`local`)."""
+    """{"done", "committed", "found0".. (may be none)} -> Beam counters, and the lines printed
+    on a local runner (`local`)."""
 
     def __init__(self, every_s, local):
         super().__init__()
@@ -245,7 +234,7 @@ class Progress(beam.PTransform):
     def expand(self, inputs):
         board = Board.create() if self._local else None
         if board:  # _Finish removes it after a run that succeeds; else the pipeline's end or the process's
-            weakref.finalize(inputs["labeled"].pipeline, board.remove)
+            weakref.finalize(inputs["done"].pipeline, board.remove)
         found = tuple(pcoll for name, pcoll in sorted(inputs.items()) if name.startswith("found"))
         total = None
         if found:
@@ -254,10 +243,7 @@ class Progress(beam.PTransform):
             if board:
                 total = beam.pvalue.AsSingleton(everything | "Total" >> beam.combiners.Count.Globally())
         side = {"total": total} if total is not None else {}
-        kinds = [("Labeled", "labeled", inputs["labeled"])] + [
-            (f"Rejected{index}", "rejected", part) for index, part in enumerate(_parts(inputs["rejected"]))]
-        tallies = [pcoll | f"Tally{name}" >> beam.ParDo(_Tally(kind, board and board.path, self._every_s), **side)
-                   for name, kind, pcoll in kinds]
+        tallies = [inputs["done"] | "Tally" >> beam.ParDo(_Tally(board and board.path, self._every_s), **side)]
         if board:
             return inputs["committed"] | "Finish" >> beam.ParDo(
                 _Finish(board.path), *map(beam.pvalue.AsList, tallies), **side)

@@ -50,34 +50,42 @@ def shard_of(identity, num_shards):
     return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big") % num_shards
 
 
-def _bytes(values):
+def bytes_feature(values):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
 
 
-def _floats(values):
+def floats_feature(values):
     return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
 
-def _ints(values):
+def ints_feature(values):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
 
 
-def to_example(labeled, copy_index):
-    """A `pipeline.inference.LabeledImage` -> serialized `tf.train.Example`."""
+def label_features(prediction):
+    """The fields a train record and a prediction index entry share (pipeline/index.py)."""
     features = {
-        "image/encoded": _bytes([labeled.image.encoded]),
-        "image/key": _bytes([labeled.image.key.encode()]),
-        "image/source_uri": _bytes([labeled.image.uri.encode()]),
-        "label/top_k_indices": _ints([int(i) for i in labeled.top_k_indices]),
-        "label/top_k_probabilities": _floats([float(p) for p in labeled.top_k_probabilities]),
-        "label/confidence": _floats([labeled.confidence]),
-        "label/entropy": _floats([labeled.entropy]),
-        "label/copy_index": _ints([copy_index]),
+        "image/key": bytes_feature([prediction.key.encode()]),
+        "image/source_uri": bytes_feature([prediction.uri.encode()]),
+        "label/top_k_indices": ints_feature([int(i) for i in prediction.top_k_indices]),
+        "label/top_k_probabilities": floats_feature([float(p) for p in prediction.top_k_probabilities]),
+        "label/confidence": floats_feature([prediction.confidence]),
+        "label/entropy": floats_feature([prediction.entropy]),
     }
-    if labeled.distribution is not None:
-        features["label/distribution"] = _floats([float(p) for p in labeled.distribution])
+    if prediction.distribution is not None:
+        features["label/distribution"] = floats_feature([float(p) for p in prediction.distribution])
+    return features
+
+
+def serialize(features):
     # deterministic=True: map fields in a fixed order, so reruns write identical bytes.
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
+
+
+def to_example(prediction, encoded, copy_index):
+    """A `pipeline.elements.Prediction` and the image bytes to store -> serialized `tf.train.Example`."""
+    return serialize({**label_features(prediction), "image/encoded": bytes_feature([encoded]),
+                      "label/copy_index": ints_feature([copy_index])})
 
 
 def parse_example(serialized):
@@ -138,7 +146,7 @@ def _read_at_most(handle, length):
     return b"".join(chunks)
 
 
-def read_frames(handle, path, max_record_bytes=MAX_RECORD_BYTES):
+def read_frames(handle, path, max_record_bytes=MAX_RECORD_BYTES, with_offsets=False, start=0):
     """Streams the payloads of an open TFRecord file, checking both CRCs of every record,
     without holding the file in memory.
 
@@ -146,8 +154,10 @@ def read_frames(handle, path, max_record_bytes=MAX_RECORD_BYTES):
     bad CRC, a truncated record, or a length over `max_record_bytes`. The payloads yielded
     before it are good; nothing after a corrupt frame can be located (the framing is lost),
     so a caller accounts for the rest of the file as one rejection (pipeline.sources does).
+    `with_offsets`: yield (byte offset of the record, payload). `start`: the offset `handle`
+    is at (after a seek).
     """
-    offset, index = 0, 0
+    offset, index = start, 0
     while True:
         header = handle.read(12)
         if not header:
@@ -168,7 +178,7 @@ def read_frames(handle, path, max_record_bytes=MAX_RECORD_BYTES):
             raise ValueError(f"{where}: truncated TFRecord payload.")
         if struct.unpack("<I", footer)[0] != _masked_crc32c(payload):
             raise ValueError(f"{where}: corrupt TFRecord payload.")
-        yield payload
+        yield (offset, payload) if with_offsets else payload
         offset += 16 + length
         index += 1
 

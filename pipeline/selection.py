@@ -1,19 +1,19 @@
 """Select: Noisy Student's data selection, as Beam transforms that scale with the input.
 
+It runs on prediction index entries (pipeline.elements.Prediction: labels and URIs, no
+image bytes); the shard writer fetches the bytes of what is kept (pipeline/write.py).
 1. Drop labels whose confidence is below --min_confidence.
 2. Per class (the teacher's top-1), keep at most --per_class images, most confident first.
-   Only a (confidence, identity) pair per image goes through Beam's Top.PerKey, so the
-   per-class ranking never holds image bytes; the decision is joined back by identity.
+   Only a (confidence, identity) pair per image goes through Beam's Top.PerKey; the
+   decision is joined back to the entries by identity.
 3. --balance=duplicate: a class with n < per_class kept images is filled to per_class by
    writing each image per_class // n times, plus one more for the (per_class % n) most
    confident. Noisy Student duplicates at random; ranking by confidence makes the choice
    deterministic without a seed.
 Ties in confidence are broken by the image identity, so reruns select the same images.
 
-Optional dedup of identical content (--dedup) happens before decoding (see `Deduplicate`).
+Optional dedup of identical content (--dedup) happens first (see `Deduplicate`).
 """
-
-import typing
 
 import apache_beam as beam
 
@@ -40,7 +40,7 @@ BELOW = "below"
 
 
 class _Threshold(beam.DoFn):
-    """LabeledImage -> itself, or to the `below` output under --min_confidence."""
+    """Prediction -> itself, or to the `below` output under --min_confidence."""
 
     def __init__(self, min_confidence):
         self._min_confidence = min_confidence
@@ -57,7 +57,7 @@ class _Threshold(beam.DoFn):
 
 
 class _RouteBySelection(beam.DoFn):
-    """Joined (identity, {images, copies}) -> (LabeledImage, copy_index) per written copy,
+    """Joined (identity, {images, copies}) -> (Prediction, copy_index) per written copy,
     or the image to the over_cap output."""
 
     def __init__(self):
@@ -80,7 +80,7 @@ class _RouteBySelection(beam.DoFn):
 
 
 class Select(beam.PTransform):
-    """LabeledImage -> {"written": (LabeledImage, copy_index), "below": ..., "over_cap": ...}."""
+    """Prediction -> {"written": (Prediction, copy_index), "below": ..., "over_cap": ...}."""
 
     def __init__(self, min_confidence, per_class, balance):
         super().__init__()
@@ -108,59 +108,32 @@ class Select(beam.PTransform):
 
 
 class _FirstUriWins(beam.DoFn):
-    """(content key, the URIs holding that content) -> ((key, uri), verdict) per URI: None for
-    the smallest URI, which is labeled; for every other URI, the smallest one, which it duplicates.
-
-    A group holds URIs only, never image bytes: a placeholder image repeated 100k times is a
-    list of 100k strings here, not 100k images."""
-
-    def process(self, item):
-        key, uris = item
-        first = min(uris)
-        first_seen = False
-        for uri in uris:  # a Beam group can be iterated again
-            if uri == first and not first_seen:
-                first_seen = True
-                yield (key, uri), None
-            else:
-                yield (key, uri), first
-
-
-class _ApplyVerdicts(beam.DoFn):
-    """((key, uri), {candidates, verdicts}) -> the candidate, or a duplicate rejection."""
+    """(content key, its index entries) -> the entry with the smallest URI, which stays; every
+    other entry becomes a duplicate rejection naming that URI."""
 
     def __init__(self):
         self._duplicates = beam.metrics.Metrics.counter("Deduplicate", "duplicates")
 
-    def process(self, joined):
-        (_, uri), grouped = joined
-        # One candidate per (content, URI), unless one URI was read twice (then its copies are identical).
-        verdicts = sorted(grouped["verdicts"], key=lambda first: first is not None)
-        for candidate, first in zip(grouped["candidates"], verdicts):
-            if first is None:
-                yield candidate
-            else:
-                self._duplicates.inc()
-                yield beam.pvalue.TaggedOutput(
-                    REJECTED, Rejection(uri, f"duplicate: same content as {first}", "dedup"))
+    def process(self, item):
+        _, entries = item
+        ordered = sorted(entries, key=lambda entry: entry.uri)
+        yield ordered[0]
+        for entry in ordered[1:]:
+            self._duplicates.inc()
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, Rejection(entry.uri, f"duplicate: same content as {ordered[0].uri}", "dedup"))
 
 
 class Deduplicate(beam.PTransform):
-    """Candidates with identical bytes: the one with the smallest URI is labeled, the others
-    are rejected as duplicates (so they are counted, and the teacher never runs on them).
+    """Index entries with identical content (the same key): the one with the smallest URI is
+    kept, the others are rejected as duplicates, so they are counted and never written.
 
-    Only (content key, URI) pairs are grouped by content; the decision is joined back to the
-    candidates by (content key, URI), so no step holds more than one input's bytes per key."""
+    The teacher has labeled every copy by then (stage 1 predicts each input it reads); moving
+    dedup into selection makes it a choice that can be changed without the teacher. Groups
+    hold index entries (a few hundred bytes each), never image bytes."""
 
-    def expand(self, candidates):
-        from pipeline.decode import content_key
-
-        keyed = candidates | "KeyByContent" >> beam.Map(
-            lambda candidate: ((content_key(candidate.data), candidate.uri), candidate))
-        verdicts = (keyed
-                    | "UriByContent" >> beam.Map(lambda item: item[0]).with_output_types(typing.Tuple[str, str])
-                    | "GroupUrisByContent" >> beam.GroupByKey()
-                    | "FirstUriWins" >> beam.ParDo(_FirstUriWins()))
-        return ({"candidates": keyed, "verdicts": verdicts}
-                | "JoinVerdicts" >> beam.CoGroupByKey()
-                | "ApplyVerdicts" >> beam.ParDo(_ApplyVerdicts()).with_outputs(REJECTED, main="unique"))
+    def expand(self, entries):
+        return (entries
+                | "KeyByContent" >> beam.Map(lambda entry: (entry.key, entry))
+                | "GroupByContent" >> beam.GroupByKey()
+                | "FirstUriWins" >> beam.ParDo(_FirstUriWins()).with_outputs(REJECTED, main="unique"))

@@ -1,4 +1,5 @@
-"""ReadImages: every kind of --input, as `Candidate(uri, bytes)` plus `Rejection`s.
+"""Every kind of --input: listed as units of work (ListUnits), read as `Candidate(uri, bytes)`
+or `Rejection` (read_unit) by stage 1's shard workers.
 
 Kinds (chosen by --input_format, or guessed from --input):
   images    a file glob, local or gs:// (`gs://bucket/photos/*`); files whose extension is
@@ -7,11 +8,11 @@ Kinds (chosen by --input_format, or guessed from --input):
   tfrecord  a glob of TFRecord files of `tf.train.Example` holding encoded images.
   tfds      `tfds:NAME/SPLIT` (a prepared TFDS dataset; --data_dir points at it).
 
-Scale: a glob is expanded by Beam's MatchAll (one listing per pattern) and the matched
-files are reshuffled so they are read on every worker in parallel. For inputs too large to
-list in one call (the paper's 130M images), give a list file: Beam splits text files, so
-the URIs are read, and the files fetched, by all workers at once. TFRecord files and TFDS
-index ranges are read in parallel, one file or range per task.
+Scale: a glob is matched in one listing; for inputs too large to list in one call (the
+paper's 130M images), give a list file: Beam splits text files, so the URIs are read by all
+workers at once. Listing yields URIs and sizes only; the files themselves are read by the
+prediction shard that holds them (pipeline/predict.py), in parallel across shards and
+threads. A TFRecord file or a TFDS index range is one unit, read sequentially.
 
 Hostile inputs. Every input read is either a Candidate or a Rejection naming why, so the
 manifest's accounting closes whatever the folder holds. pipeline.file_reads guards each
@@ -23,6 +24,7 @@ name, else matched as a glob.
 """
 
 import os
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -70,33 +72,6 @@ class _MatchInput(beam.DoFn):
         for uri, reason in problems:
             self._rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTED, Rejection(uri, reason, "read"))
-
-
-class _ReadImageFile(beam.DoFn):
-    """A matched (path, size) -> its bytes, or a rejection saying why not."""
-
-    def __init__(self, max_bytes=DEFAULT_MAX_BYTES):
-        self._max_bytes = max_bytes
-        self._read = beam.metrics.Metrics.counter("ReadImages", "read")
-        self._rejected = beam.metrics.Metrics.counter("ReadImages", "rejected")
-
-    def _reject(self, uri, reason):
-        self._rejected.inc()
-        return beam.pvalue.TaggedOutput(REJECTED, Rejection(uri, reason, "read"))
-
-    def process(self, item):
-        uri, size = item
-        if not has_image_extension(uri):
-            yield self._reject(uri, f"unsupported_extension: {os.path.splitext(uri)[1] or '(none)'} is not one "
-                                    f"of {', '.join(IMAGE_EXTENSIONS)} (any case)")
-            return
-        try:
-            data = read_file(uri, self._max_bytes, size)
-        except InputRejected as rejection:
-            yield self._reject(uri, str(rejection))
-            return
-        self._read.inc()
-        yield Candidate(uri, data)
 
 
 class _ExpandListedUri(beam.DoFn):
@@ -150,53 +125,58 @@ def _listed_uris(pcoll, list_path):
     return counted | "SplitRepeats" >> beam.FlatMap(first_and_repeats).with_outputs(REJECTED, main="uris")
 
 
-class _ReadTfrecordFile(beam.DoFn):
-    """A TFRecord file -> one Candidate per record (`path#index`), images from `image_feature`.
+
+def read_image_file(uri, size, max_bytes):
+    """A matched image file -> Candidate, or Rejection saying why not."""
+    if not has_image_extension(uri):
+        return Rejection(uri, f"unsupported_extension: {os.path.splitext(uri)[1] or '(none)'} is not one "
+                              f"of {', '.join(IMAGE_EXTENSIONS)} (any case)", "read")
+    try:
+        return Candidate(uri, read_file(uri, max_bytes, size))
+    except InputRejected as rejection:
+        return Rejection(uri, str(rejection), "read")
+
+
+def read_tfrecord_file(path, image_feature, max_bytes):
+    """A TFRecord file -> one Candidate per record (`path#index`, with its byte offset), or Rejections.
 
     A file that cannot be opened is one rejection; so is the rest of a file after a corrupt
     frame (the records before it are read). Images over `max_bytes` are rejected.
     """
+    import tensorflow as tf  # deferred: only this source parses Examples
 
-    def __init__(self, image_feature, max_bytes=DEFAULT_MAX_BYTES):
-        self._image_feature = image_feature
-        self._max_bytes = max_bytes
-
-    def process(self, item):
-        import tensorflow as tf  # deferred: only this source parses Examples
-
-        path, _ = item
+    try:
+        handle = open_local(path) if is_local(path) else open_uri(path)
+    except InputRejected as rejection:
+        yield Rejection(path, str(rejection), "read")
+        return
+    except Exception as error:  # a remote file that is missing or forbidden: the reason says which
+        yield Rejection(path, f"unreadable: {type(error).__name__}: {error}", "read")
+        return
+    with handle:
         try:
-            handle = open_local(path) if is_local(path) else open_uri(path)
-        except InputRejected as rejection:
-            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(path, str(rejection), "read"))
-            return
-        except Exception as error:  # a remote file that is missing or forbidden: the reason says which
-            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
-                path, f"unreadable: {type(error).__name__}: {error}", "read"))
-            return
-        with handle:
-            try:
-                for index, payload in enumerate(records.read_frames(handle, path)):
-                    uri = f"{path}#{index}"
-                    try:
-                        feature = tf.train.Example.FromString(payload).features.feature
-                        data = feature[self._image_feature].bytes_list.value[0] \
-                            if self._image_feature in feature else None
-                    except Exception as error:
-                        data, problem = None, f"not_an_example: {type(error).__name__}: {error}"
-                    else:
-                        problem = f"no_image_feature: the Example has no bytes feature '{self._image_feature}'"
-                    if data is not None and len(data) > self._max_bytes:
-                        data, problem = None, f"too_large: {len(data)} bytes > --max_bytes={self._max_bytes}"
-                    if data is None:
-                        yield beam.pvalue.TaggedOutput(REJECTED, Rejection(uri, problem, "read"))
-                    else:
-                        yield Candidate(uri, data)
-            except ValueError as error:
-                yield beam.pvalue.TaggedOutput(REJECTED, Rejection(path, f"corrupt_tfrecord: {error}", "read"))
-            except OSError as error:  # the file failed while being read
-                yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
-                    path, f"unreadable: {type(error).__name__}: {error}", "read"))
+            for index, (offset, payload) in enumerate(records.read_frames(handle, path, with_offsets=True)):
+                uri = f"{path}#{index}"
+                data, problem = image_from_example(tf, payload, image_feature, max_bytes)
+                yield Rejection(uri, problem, "read") if data is None else Candidate(uri, data, offset)
+        except ValueError as error:
+            yield Rejection(path, f"corrupt_tfrecord: {error}", "read")
+        except OSError as error:  # the file failed while being read
+            yield Rejection(path, f"unreadable: {type(error).__name__}: {error}", "read")
+
+
+def image_from_example(tf, payload, image_feature, max_bytes):
+    """(image bytes, None) from a serialized Example, or (None, the rejection reason)."""
+    try:
+        feature = tf.train.Example.FromString(payload).features.feature
+        data = feature[image_feature].bytes_list.value[0] if image_feature in feature else None
+    except Exception as error:
+        return None, f"not_an_example: {type(error).__name__}: {error}"
+    if data is None:
+        return None, f"no_image_feature: the Example has no bytes feature '{image_feature}'"
+    if len(data) > max_bytes:
+        return None, f"too_large: {len(data)} bytes > --max_bytes={max_bytes}"
+    return data, None
 
 
 def tfds_ranges(name, split, data_dir, num_ranges):
@@ -212,76 +192,106 @@ def tfds_ranges(name, split, data_dir, num_ranges):
     return [(start, end) for start, end in zip(bounds, bounds[1:]) if end > start]
 
 
-class _ReadTfdsRange(beam.DoFn):
+def read_tfds_range(spec, data_dir, image_feature, start, end, max_bytes):
     """An index range of a TFDS split -> Candidates `tfds:NAME/SPLIT/INDEX` (bytes not decoded)."""
+    import tensorflow_datasets as tfds
 
-    def __init__(self, name, split, data_dir, image_feature, max_bytes=DEFAULT_MAX_BYTES):
-        self._name, self._split, self._data_dir, self._image_feature = name, split, data_dir, image_feature
-        self._max_bytes = max_bytes
-
-    def process(self, index_range):
-        import tensorflow_datasets as tfds
-
-        start, end = index_range
-        builder = tfds.builder(self._name, data_dir=self._data_dir)
-        split = self._split if end is None else f"{self._split}[{start}:{end}]"
-        dataset = builder.as_dataset(split=split, shuffle_files=False,
-                                     decoders={self._image_feature: tfds.decode.SkipDecoding()})
-        for offset, example in enumerate(dataset.as_numpy_iterator()):
-            uri, data = f"tfds:{self._name}/{self._split}/{start + offset}", example[self._image_feature]
-            if len(data) > self._max_bytes:
-                yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
-                    uri, f"too_large: {len(data)} bytes > --max_bytes={self._max_bytes}", "read"))
-            else:
-                yield Candidate(uri, data)
+    name, split = parse_tfds(spec)
+    builder = tfds.builder(name, data_dir=data_dir)
+    sliced = split if end is None else f"{split}[{start}:{end}]"
+    dataset = builder.as_dataset(split=sliced, shuffle_files=False,
+                                 decoders={image_feature: tfds.decode.SkipDecoding()})
+    for offset, example in enumerate(dataset.as_numpy_iterator()):
+        uri, data = f"tfds:{name}/{split}/{start + offset}", example[image_feature]
+        if len(data) > max_bytes:
+            yield Rejection(uri, f"too_large: {len(data)} bytes > --max_bytes={max_bytes}", "read")
+        else:
+            yield Candidate(uri, data)
 
 
-class ReadImages(beam.PTransform):
-    """--input -> (candidates, rejections)."""
+def default_image_feature(input_format):
+    # TFDS image datasets name the feature "image"; Examples written by TF tools "image/encoded".
+    return "image" if input_format == "tfds" else "image/encoded"
 
-    def __init__(self, spec, input_format="auto", image_feature=None, data_dir=None,
-                 tfds_ranges_count=64, max_bytes=DEFAULT_MAX_BYTES):
+
+def unit_id(unit):
+    """What assigns a unit of work to its prediction shard: its URI, or a TFDS range's start."""
+    return str(unit[1])
+
+
+def read_unit(unit, source):
+    """Yields the Candidates and Rejections of one unit of work.
+
+    Units: ("file", uri, size or None), ("tfrecord", path, size), ("tfds", start, end), and
+    ("rejected", uri, reason) for what listing already rejected. `source` is an InputSource.
+    """
+    kind = unit[0]
+    if kind == "file":
+        yield read_image_file(unit[1], unit[2], source.max_bytes)
+    elif kind == "tfrecord":
+        yield from read_tfrecord_file(unit[1], source.image_feature, source.max_bytes)
+    elif kind == "tfds":
+        yield from read_tfds_range(source.spec, source.data_dir, source.image_feature, unit[1], unit[2],
+                                   source.max_bytes)
+    else:
+        yield Rejection(unit[1], unit[2], "read")
+
+
+class InputSource(NamedTuple):
+    """How to read --input: what read_unit and pipeline.fetch need besides a unit."""
+
+    spec: str
+    input_format: str
+    image_feature: str
+    data_dir: str
+    tfds_ranges: int
+    max_bytes: int
+
+
+def input_source(spec, input_format, image_feature, data_dir, tfds_ranges_count, max_bytes):
+    kind = guess_format(spec) if input_format == "auto" else input_format
+    return InputSource(spec, kind, image_feature or default_image_feature(kind), data_dir, tfds_ranges_count,
+                       max_bytes)
+
+
+class ListUnits(beam.PTransform):
+    """--input -> units of work (see read_unit), each input named once; listing problems are
+    units too ("rejected"), so they land in a prediction shard and the accounting closes.
+
+    Nothing is read here but listings: an image's bytes are read by the stage that labels it.
+    `found` is set by expand: PCollections of one element per input found before any file is
+    read (pipeline/progress.py's total); empty for TFRecord and TFDS input.
+    """
+
+    def __init__(self, source):
         super().__init__()
-        self._max_bytes = max_bytes
-        self._spec = spec
-        self._format = guess_format(spec) if input_format == "auto" else input_format
-        # TFDS image datasets name the feature "image"; Examples written by TF tools "image/encoded".
-        self._image_feature = image_feature or ("image" if self._format == "tfds" else "image/encoded")
-        self._data_dir = data_dir
-        self._tfds_ranges = tfds_ranges_count
-        # Set by expand: PCollections whose elements are each one input found before any file
-        # is read (globs matched, lists expanded), the job's total for pipeline/progress.py.
-        # Empty for TFRecord and TFDS input, whose image count is only known once read.
+        self._source = source
         self.found = ()
 
     def expand(self, pbegin):
+        source = self._source
+        if source.input_format == "tfds":
+            name, split = parse_tfds(source.spec)
+            return (pbegin | "TfdsRanges" >> beam.Create(
+                [("tfds", start, end) for start, end in tfds_ranges(name, split, source.data_dir, source.tfds_ranges)]))
         rejections = []
-        if self._format == "tfds":
-            name, split = parse_tfds(self._spec)
-            read = (pbegin
-                    | "TfdsRanges" >> beam.Create(tfds_ranges(name, split, self._data_dir, self._tfds_ranges))
-                    | "SpreadRanges" >> beam.Reshuffle()
-                    | "ReadTfds" >> beam.ParDo(_ReadTfdsRange(name, split, self._data_dir, self._image_feature,
-                                                              self._max_bytes)).with_outputs(
-                        REJECTED, main="candidates"))
-            return read.candidates, read[REJECTED]
-        if self._format == "list":
-            listed = _listed_uris(pbegin, self._spec)
+        if source.input_format == "list":
+            listed = _listed_uris(pbegin, source.spec)
             rejections.append(listed[REJECTED])
             expanded = listed.uris | "ExpandGlobs" >> beam.ParDo(_ExpandListedUri()).with_outputs(REJECTED, main="uris")
             rejections.append(expanded[REJECTED])
             paths = expanded.uris
         else:
             matched = (pbegin
-                       | "Pattern" >> beam.Create([self._spec])
+                       | "Pattern" >> beam.Create([source.spec])
                        | "Match" >> beam.ParDo(_MatchInput()).with_outputs(REJECTED, main="paths"))
             rejections.append(matched[REJECTED])
             paths = matched.paths
-        if self._format != "tfrecord":  # a TFRecord path is a file of unknown many images
+        kind = "tfrecord" if source.input_format == "tfrecord" else "file"
+        if kind == "file":  # a TFRecord path is a file of unknown many images
             self.found = (*rejections, paths)
-        paths = paths | "SpreadReads" >> beam.Reshuffle()
-        reader = (_ReadTfrecordFile(self._image_feature, self._max_bytes) if self._format == "tfrecord"
-                  else _ReadImageFile(self._max_bytes))
-        read = paths | "ReadFiles" >> beam.ParDo(reader).with_outputs(REJECTED, main="candidates")
-        rejections.append(read[REJECTED])
-        return read.candidates, tuple(rejections) | "MergeReadRejections" >> beam.Flatten()
+        units = paths | "AsUnits" >> beam.MapTuple(lambda uri, size: (kind, uri, size))
+        rejected = (tuple(rejections)
+                    | "MergeListingRejections" >> beam.Flatten()
+                    | "RejectionsAsUnits" >> beam.Map(lambda r: ("rejected", r.uri, r.reason)))
+        return (units, rejected) | "AllUnits" >> beam.Flatten()

@@ -55,18 +55,49 @@ def _per_class_count(pcoll, name, label_of):
                  beam.combiners.Count.PerElement() | f"ToDict_{name}" >> beam.combiners.ToDict())
 
 
-def _example(image):
-    return (image.confidence, image.identity, image.image.uri, image.image.key,
-            base64.b64encode(image.image.thumbnail).decode())
+def _example(prediction):
+    return prediction.confidence, prediction.identity, prediction.uri, prediction.key, prediction.offset
+
+
+class _AddThumbnails(beam.DoFn):
+    """{class: [example rows]} -> the same with a base64 JPEG thumbnail appended to each row.
+
+    Thumbnails are made here, for the few examples per class the report shows, from inputs
+    fetched again (pipeline/fetch.py): the other images never get one. An input that can no
+    longer be fetched keeps an empty thumbnail (the report shows its URI without a picture)."""
+
+    def __init__(self, source, max_pixels, threads):
+        from pipeline import fetch
+
+        self._source, self._max_pixels = source, max_pixels
+        self._threads = fetch.parallel_reads(source, threads)
+
+    def process(self, by_class):
+        from pipeline import fetch
+        from pipeline.elements import Prediction
+
+        rows = [(label, row) for label in sorted(by_class) for row in by_class[label]]
+
+        def thumbnail(item):
+            _, (confidence, _, uri, key, offset) = item
+            entry = Prediction(key, uri, offset, 0, (), (), confidence, 0.0)
+            return fetch.stored_image(entry, self._source, self._max_pixels, 0, thumbnail=True)
+
+        result = {label: [] for label in by_class}
+        for (label, row), small in fetch.fetched_in_order(rows, thumbnail, self._threads, 4 * self._threads):
+            encoded = "" if isinstance(small, fetch.FetchFailed) else base64.b64encode(small).decode()
+            result[label].append((*row, encoded))
+        yield result
 
 
 class Facts(beam.PTransform):
     """The named collections of the job -> one dict {fact name: value}."""
 
-    def __init__(self, num_classes, thumbnails_per_class):
+    def __init__(self, num_classes, thumbnails_per_class, source, max_pixels, fetch_threads):
         super().__init__()
         self._num_classes = num_classes
         self._thumbnails = thumbnails_per_class
+        self._thumbnail_maker = _AddThumbnails(source, max_pixels, fetch_threads)
 
     def expand(self, collections):
         c = collections
@@ -80,6 +111,9 @@ class Facts(beam.PTransform):
             _count(c["over_cap"], "over_cap"),
             _count(originals, "kept"),
             _count(copies, "duplicates"),
+            _count(c["unavailable"] | "UnavailableOriginals" >> beam.Filter(lambda item: item[1] == 0), "unavailable"),
+            _count(c["unavailable"] | "UnavailableCopies" >> beam.Filter(lambda item: item[1] > 0),
+                   "unavailable_copies"),
             _fact(c["train_files"], "train_files", beam.combiners.ToList()),
             _fact(c["rejected_files"], "rejected_files", beam.combiners.ToList()),
             _per_class_count(c["rejected"], "rejected_by_reason", lambda rejection: rejection.category),
@@ -87,6 +121,10 @@ class Facts(beam.PTransform):
             _per_class_count(originals, "class_kept", lambda item: item[0].label),
             _per_class_count(copies, "class_duplicates", lambda item: item[0].label),
             _per_class_count(c["over_cap"], "class_over_cap", lambda image: image.label),
+            _per_class_count(c["unavailable"] | "ClassUnavailableOriginals" >> beam.Filter(lambda item: item[1] == 0),
+                             "class_unavailable", lambda item: item[0].label),
+            _per_class_count(c["unavailable"] | "ClassUnavailableCopies" >> beam.Filter(lambda item: item[1] > 0),
+                             "class_unavailable_copies", lambda item: item[0].label),
             _per_class_count(c["below"], "class_below_threshold", lambda image: image.label),
             _fact(c["labeled"] | "Confidences" >> beam.Map(lambda image: image.confidence), "confidence_histogram",
                   beam.CombineGlobally(HistogramFn(0.0, 1.0, CONFIDENCE_BINS))),
@@ -103,9 +141,11 @@ class Facts(beam.PTransform):
         examples = c["labeled"] | "ExamplesByClass" >> beam.Map(lambda image: (image.label, _example(image)))
         facts += [
             _fact(examples, "most_confident",
-                  beam.combiners.Top.LargestPerKey(self._thumbnails) | "MostToDict" >> beam.combiners.ToDict()),
+                  beam.combiners.Top.LargestPerKey(self._thumbnails) | "MostToDict" >> beam.combiners.ToDict()
+                  | "MostThumbnails" >> beam.ParDo(self._thumbnail_maker)),
             _fact(examples, "least_confident",
-                  beam.combiners.Top.SmallestPerKey(self._thumbnails) | "LeastToDict" >> beam.combiners.ToDict()),
+                  beam.combiners.Top.SmallestPerKey(self._thumbnails) | "LeastToDict" >> beam.combiners.ToDict()
+                  | "LeastThumbnails" >> beam.ParDo(self._thumbnail_maker)),
         ]
         return (facts
                 | "AllFacts" >> beam.Flatten()
@@ -121,18 +161,22 @@ def stats_document(facts, class_names):
 
     per_class = []
     for index, name in enumerate(class_names):
-        kept, duplicates = get("class_kept", index), get("class_duplicates", index)
+        # class_kept and class_duplicates count what selection chose; the writer could not fetch some.
+        unavailable = get("class_unavailable", index)
+        kept = get("class_kept", index) - unavailable
+        duplicates = get("class_duplicates", index) - get("class_unavailable_copies", index)
         mean = facts["class_mean_confidence"].get(index)
         per_class.append({
             "class": index, "name": name, "labeled": get("class_labeled", index),
             "above_threshold": get("class_labeled", index) - get("class_below_threshold", index),
             "over_cap": get("class_over_cap", index), "kept": kept, "duplicates": duplicates,
+            "unavailable": unavailable,
             "written": kept + duplicates, "mean_confidence": None if mean is None else float(mean),
             "confidence_quantiles": [float(q) for q in facts["class_confidence_quantiles"].get(index, [])],
         })
 
     def examples(rows):
-        return [{"confidence": row[0], "uri": row[2], "key": row[3], "thumbnail": row[4]} for row in rows]
+        return [{"confidence": row[0], "uri": row[2], "key": row[3], "thumbnail": row[5]} for row in rows]
 
     return {
         "schema_version": 1,

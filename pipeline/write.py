@@ -1,78 +1,139 @@
-"""WriteShards: deterministic sharded files in a staging directory.
+"""Deterministic sharded files in a staging directory: train records and rejection lines.
 
-Each item is serialized and goes to the shard `records.shard_of(identity)`; every shard is
-grouped, sorted by identity and written in one piece, so the same inputs give byte-identical shards on any
-runner and any number of workers. All --num_shards files are written, empty ones included,
-so the `-of-NNNNN` names never lie. A shard is held in one worker's memory while it is
-written: pick --num_shards so a shard stays in the hundreds of MB (4096 shards for the
-paper's 130M images at about 100 KB each).
+Each item goes to the shard `records.shard_of(identity)`; every shard is grouped, sorted by
+identity and written in one pass, so the same inputs give byte-identical shards on any
+runner and any number of workers. All shards are written, empty ones included, so the
+`-of-NNNNN` names never lie.
+
+Train shards: only (identity, index entry, copy) cross the GroupByKey, a few hundred bytes
+per record; the writer fetches each record's image bytes itself (pipeline/fetch.py: parallel
+reads, a bounded window ahead) and streams the records to the file in sorted order, so no
+image bytes cross a shuffle and no shard is ever held whole in memory. The shard count comes
+from the data: the selected inputs' bytes (copies included) over --target_shard_mb, unless
+--num_shards fixes it. Rejection lines are small and are written as they are grouped.
 """
 
+import math
+
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils import shared
 
-from pipeline import records
+from pipeline import decode, fetch, records
+from pipeline.elements import Rejection
+
+UNAVAILABLE = "unavailable"
 
 
-class _WriteOneShard(beam.DoFn):
-    def __init__(self, directory, prefix, num_shards, suffix, framed):
-        self._directory = directory
-        self._prefix, self._num_shards, self._suffix = prefix, num_shards, suffix
-        self._framed = framed
-        self._written = beam.metrics.Metrics.counter("WriteRecords", f"{prefix}_written")
+def train_shard_count(total_bytes, target_mb, fixed):
+    """--num_shards when set, else enough shards of about --target_shard_mb each."""
+    return fixed or max(1, math.ceil(total_bytes / (target_mb << 20)))
 
-    def process(self, shard):
-        from apache_beam.io.filesystems import FileSystems
 
+def record_identity(written):
+    prediction, copy_index = written
+    return f"{prediction.identity}|{copy_index}"
+
+
+class _WriteTrainShard(beam.DoFn):
+    """(shard, [(identity, (Prediction, copy_index)) or None]) -> (file name, records written);
+    a record whose input cannot be fetched goes to UNAVAILABLE as (Prediction, copy_index, reason)."""
+
+    def __init__(self, directory, source, max_pixels, max_side, decode_memory_mb, threads):
+        self._directory, self._source = directory, source
+        self._max_pixels, self._max_side, self._decode_memory_mb = max_pixels, max_side, decode_memory_mb
+        self._threads = fetch.parallel_reads(source, threads)
+        self._shared_memory = shared.Shared()
+        self._written = beam.metrics.Metrics.counter("WriteRecords", "train_written")
+        self._unavailable = beam.metrics.Metrics.counter("WriteRecords", "unavailable")
+
+    def setup(self):
+        self._memory = decode.shared_memory(self._shared_memory, self._decode_memory_mb)
+
+    def _stored(self, item):
+        _, (prediction, _) = item
+        return fetch.stored_image(prediction, self._source, self._max_pixels, self._max_side, self._memory)
+
+    def process(self, shard, num_shards):
         index, items = shard
-        ordered = sorted(item for item in items if item is not None)  # (identity, payload) pairs
-        name = records.shard_name(self._prefix, index, self._num_shards, self._suffix)
-        count = records.write_shard(FileSystems.join(self._directory, name),
-                                    (payload for _, payload in ordered), self._framed)
+        ordered = sorted((item for item in items if item is not None), key=lambda item: item[0])
+        name = records.shard_name(records.TRAIN_PREFIX, index, num_shards, records.TRAIN_SUFFIX)
+        count = 0
+        with FileSystems.create(FileSystems.join(self._directory, name),
+                                mime_type="application/octet-stream") as handle:
+            for item, stored in fetch.fetched_in_order(ordered, self._stored, self._threads, 2 * self._threads):
+                prediction, copy_index = item[1]
+                if isinstance(stored, fetch.FetchFailed):
+                    self._unavailable.inc()
+                    yield beam.pvalue.TaggedOutput(UNAVAILABLE, (prediction, copy_index, str(stored)))
+                    continue
+                handle.write(records.tfrecord_frame(records.to_example(prediction, stored, copy_index)))
+                count += 1
         self._written.inc(count)
         yield name, count
 
 
-class WriteShards(beam.PTransform):
-    """items -> (file name, records written) per shard, files under `directory`."""
+class WriteTrainShards(beam.PTransform):
+    """(Prediction, copy_index) -> {"files": (name, count) per shard, UNAVAILABLE: ...}."""
 
-    def __init__(self, directory, prefix, num_shards, suffix, framed, identity, serialize):
+    def __init__(self, directory, source, max_pixels, max_side, decode_memory_mb, threads, target_mb, num_shards):
         super().__init__()
-        self._directory, self._prefix, self._num_shards = directory, prefix, num_shards
-        self._suffix, self._framed = suffix, framed
-        self._identity, self._serialize = identity, serialize
+        self._writer = _WriteTrainShard(directory, source, max_pixels, max_side, decode_memory_mb, threads)
+        self._target_mb, self._num_shards = target_mb, num_shards
 
-    def expand(self, items):
-        num_shards, identity, serialize = self._num_shards, self._identity, self._serialize
+    def expand(self, written):
+        target_mb, fixed = self._target_mb, self._num_shards
+        num_shards = beam.pvalue.AsSingleton(
+            written
+            | "SelectedBytes" >> beam.Map(lambda item: item[0].input_bytes)
+            | "SumBytes" >> beam.CombineGlobally(sum)
+            | "ShardCount" >> beam.Map(train_shard_count, target_mb, fixed))
+        every_shard = (written.pipeline
+                       | "One" >> beam.Create([None])
+                       | "AllShards" >> beam.FlatMap(lambda _, n: [(index, None) for index in range(n)], num_shards))
+        keyed = written | "KeyByShard" >> beam.Map(
+            lambda item, n: (records.shard_of(record_identity(item), n), (record_identity(item), item)), num_shards)
+        shards = ((keyed, every_shard)
+                  | "WithEmptyShards" >> beam.Flatten()
+                  | "GroupShards" >> beam.GroupByKey()
+                  | "WriteShard" >> beam.ParDo(self._writer, num_shards).with_outputs(UNAVAILABLE, main="files"))
+        return {"files": shards.files, UNAVAILABLE: shards[UNAVAILABLE]}
 
-        def keyed_payload(item):
-            # Only (identity, serialized bytes) cross the shuffle: no thumbnails, no Python
-            # floats, so the shuffle (held in memory by the local runner) stays small.
-            name = identity(item)
-            return records.shard_of(name, num_shards), (name, serialize(item))
 
-        keyed = items | "Serialize" >> beam.Map(keyed_payload)
-        every_shard = (items.pipeline
-                       | "AllShards" >> beam.Create([(index, None) for index in range(num_shards)]))
-        return ((keyed, every_shard)
+class _WriteRejectionShard(beam.DoFn):
+    def __init__(self, directory, num_shards):
+        self._directory, self._num_shards = directory, num_shards
+
+    def process(self, shard):
+        index, lines = shard
+        ordered = sorted(line for line in lines if line is not None)
+        name = records.shard_name(records.REJECTED_PREFIX, index, self._num_shards, records.REJECTED_SUFFIX)
+        count = records.write_shard(FileSystems.join(self._directory, name), ordered, framed=False)
+        yield name, count
+
+
+def unavailable_rejection(item):
+    prediction, copy_index, reason = item
+    return Rejection(prediction.uri, f"unavailable: {reason}" + (f" (copy {copy_index})" if copy_index else ""),
+                     "fetch")
+
+
+class WriteRejections(beam.PTransform):
+    """Rejection -> (file name, lines written) per rejected-* shard (JSON lines, sorted)."""
+
+    def __init__(self, directory, num_shards):
+        super().__init__()
+        self._directory, self._num_shards = directory, num_shards
+
+    def expand(self, rejections):
+        n = self._num_shards
+
+        def keyed(rejection):
+            line = records.rejection_line(rejection.uri, rejection.reason, rejection.stage)
+            return records.shard_of(f"{rejection.uri}|{rejection.stage}|{rejection.reason}", n), line
+
+        every_shard = rejections.pipeline | "AllShards" >> beam.Create([(index, None) for index in range(n)])
+        return (((rejections | "Serialize" >> beam.Map(keyed)), every_shard)
                 | "WithEmptyShards" >> beam.Flatten()
                 | "GroupShards" >> beam.GroupByKey()
-                | "WriteShard" >> beam.ParDo(_WriteOneShard(self._directory, self._prefix, num_shards, self._suffix,
-                                                            self._framed)))
-
-
-def record_identity(written):
-    image, copy_index = written
-    return f"{image.identity}|{copy_index}"
-
-
-def serialize_record(written):
-    image, copy_index = written
-    return records.to_example(image, copy_index)
-
-
-def rejection_identity(rejection):
-    return f"{rejection.uri}|{rejection.stage}|{rejection.reason}"
-
-
-def serialize_rejection(rejection):
-    return records.rejection_line(rejection.uri, rejection.reason, rejection.stage)
+                | "WriteShard" >> beam.ParDo(_WriteRejectionShard(self._directory, n)))

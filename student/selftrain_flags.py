@@ -149,7 +149,7 @@ def check_label_flags(arguments, option):
 def check_report_flags(arguments, option):
     from absl import flags
 
-    from pipeline import report
+    from pipeline.report import cli as report
 
     values = report.define_flags()
     try:

@@ -104,7 +104,7 @@ def load_teacher(path, flag, batch_size):
     import teacher as teacher_lib
     from teacher import metadata as teacher_metadata
 
-    # teacher.json first, as report_holdout does: a bare SavedModel (which teacher.load would
+    # teacher.json first, as pipeline.report.holdout does: a bare SavedModel (which teacher.load would
     # accept) runs whatever graph it holds and says nothing about its class names.
     try:
         teacher_metadata.read(path)
@@ -188,10 +188,10 @@ class Accumulator:
     def result(self):
         import numpy as np
 
-        from pipeline import report_holdout  # the report's reliability bins and ECE, shared
+        from pipeline.report.holdout import reliability  # the report's reliability bins and ECE, shared
 
         confidence = np.concatenate(self.confidence).astype(np.float64)
-        _, error = report_holdout.reliability(confidence, np.concatenate(self.correct), CALIBRATION_BINS)
+        _, error = reliability(confidence, np.concatenate(self.correct), CALIBRATION_BINS)
         return {"count": int(len(confidence)), "top_1_accuracy": float(self.top_1_metric.result()),
                 "top_k": self.top_k, "top_k_accuracy": float(self.top_k_metric.result()),
                 "expected_calibration_error": float(error), "calibration_bins": CALIBRATION_BINS,

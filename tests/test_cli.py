@@ -13,11 +13,14 @@ import pytest
 from PIL import Image
 
 from models import cli
-from pipeline import label, options, report, report_html, report_summary
+from pipeline import label, options
 from pipeline.options import LabelSettings, UsageError
+from pipeline.report import cli as report
+from pipeline.report.html import render
+from pipeline.report.summary import RANDOM_TEACHER_WARNING, summarize
 from test_report import SCRIPT_CLASS, write_synthetic_run
 
-CLIS = ("pipeline.label", "pipeline.report", "student.selftrain", "student.train", "teacher.evaluate",
+CLIS = ("pipeline.label", "pipeline.report", "pipeline.select", "student.selftrain", "student.train", "teacher.evaluate",
         "teacher.export")
 ABSL_APPS = ("student.train", "teacher.export")  # absl.app programs: absl's logging flags, listed by --helpfull
 
@@ -36,10 +39,13 @@ def _cli(module, *args, **extra_environment):
 
 # Per CLI: its help's group titles in order, flags it must list, and enum values it must show.
 HELP = {
-    "pipeline.label": (["Input:", "Teacher:", "Selection:", "Output:", "Runtime:"],
-                       ["--min_confidence=FLOAT", "--[no]allow_random_teacher", "--teacher=TEXT"],
+    "pipeline.label": (["Input:", "Prediction index:", "Teacher:", "Selection:", "Output:", "Runtime:"],
+                       ["--min_confidence=FLOAT", "--[no]allow_random_teacher", "--teacher=TEXT", "--predictions=TEXT"],
                        ["--balance={duplicate,none}", "--jit_compile={auto,xla,graph}",
                         "--teacher_strategy={auto,cpu,gpu,tpu}"]),
+    "pipeline.select": (["Prediction index:", "Selection:", "Output:", "Runtime:"],
+                        ["--predictions=TEXT", "--min_confidence=FLOAT", "--target_shard_mb=INT", "--fetch_threads=INT"],
+                        ["--balance={duplicate,none}"]),
     "pipeline.report": (["Input:", "Output:", "Recompute:", "Runtime:"], ["--labels=TEXT", "--[no]recompute"],
                         ["--format={html,text,json}"]),
     "student.selftrain": (["Data:", "Models:", "Steps' flags", "Work directory:", "Runtime:"],
@@ -197,7 +203,8 @@ def test_a_child_given_tf_logs_shows_them_though_its_parent_quieted_tensorflow()
 
 
 def test_the_shared_cli_module_and_the_report_load_no_tensorflow():
-    code = "import sys, models.cli, pipeline.report; print('tensorflow' in sys.modules)"
+    code = ("import sys, models.cli, pipeline.report, pipeline.report.cli, pipeline.report.__main__; "
+            "print('tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.stdout == "False\n", result.stderr[-3000:]
 
@@ -215,10 +222,13 @@ def test_beam_spellings_pass_through_and_unknown_flags_are_named():
 
 def test_allow_random_teacher_changes_neither_run_id_nor_manifest():
     base = LabelSettings(teacher="t", input="i", output="o")
-    allowed = dataclasses.replace(base, allow_random_teacher=True)
-    assert allowed.run_id() == base.run_id() and allowed.to_manifest() == base.to_manifest()
-    assert "allow_random_teacher" not in base.to_manifest()
-    assert dataclasses.replace(base, min_confidence=0.5).run_id() != base.run_id()  # settings still count
+    allowed = dataclasses.replace(base, allow_random_teacher=True, progress_every_s=1, decode_threads=7,
+                                  fetch_threads=3)
+    for settings in ("prediction_settings", "selection_settings"):
+        assert getattr(allowed, settings)() == getattr(base, settings)()
+        assert "allow_random_teacher" not in getattr(base, settings)()
+    assert dataclasses.replace(base, min_confidence=0.5).selection_settings() != base.selection_settings()
+    assert dataclasses.replace(base, temperature=2.0).prediction_settings() != base.prediction_settings()
 
 
 @pytest.fixture
@@ -254,9 +264,9 @@ def test_a_random_teachers_run_is_labelled_noise_by_the_report(tiny_teacher, one
     assert manifest["teacher"]["random_init"] is True and "allow_random_teacher" not in manifest["settings"]
     page = tmp_path / "report.html"
     summary, text = report.build_report(str(output), str(page), output_format="text")
-    assert summary["random_teacher"] and summary["warnings"][0] == report_summary.RANDOM_TEACHER_WARNING
-    assert text.splitlines()[2] == f"WARNING: {report_summary.RANDOM_TEACHER_WARNING}"
-    assert text.count(report_summary.RANDOM_TEACHER_WARNING) == 1
+    assert summary["random_teacher"] and summary["warnings"][0] == RANDOM_TEACHER_WARNING
+    assert text.splitlines()[2] == f"WARNING: {RANDOM_TEACHER_WARNING}"
+    assert text.count(RANDOM_TEACHER_WARNING) == 1
     html = page.read_text()
     banner = html.index('<div class="banner" role="alert">WARNING: labels come from a randomly initialised teacher')
     assert banner < html.index("<h2>")
@@ -264,10 +274,10 @@ def test_a_random_teachers_run_is_labelled_noise_by_the_report(tiny_teacher, one
 
 def test_the_banner_only_for_a_random_teacher_and_the_page_stays_escaped(tmp_path):
     manifest, stats = write_synthetic_run(tmp_path / "labels")
-    trained = report_summary.summarize("labels", manifest, stats)
-    assert not trained["random_teacher"] and 'class="banner"' not in report_html.render(trained, {})
+    trained = summarize("labels", manifest, stats)
+    assert not trained["random_teacher"] and 'class="banner"' not in render(trained, {})
     manifest["teacher"]["random_init"] = True
-    summary = report_summary.summarize("labels", manifest, stats)
-    page = report_html.render(summary, stats["examples"])
+    summary = summarize("labels", manifest, stats)
+    page = render(summary, stats["examples"])
     assert page.count('class="banner"') == 1 and SCRIPT_CLASS not in page
-    assert page.count(report_summary.RANDOM_TEACHER_WARNING.split(":")[0]) == 1  # banner only, not again below
+    assert page.count(RANDOM_TEACHER_WARNING.split(":")[0]) == 1  # banner only, not again below

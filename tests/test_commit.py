@@ -14,7 +14,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 import test_label_gcs
-from pipeline import commit, label, options, records
+from pipeline import commit, label, options, records, select
 
 gcs_emulator = test_label_gcs.gcs_emulator  # the same emulator fixture, started for this module
 RUN_ID = "0123456789abcdef"  # two jobs with identical settings share it
@@ -37,12 +37,14 @@ def _run_files(tag, num_shards, rejected=2):
     files[name] = b"".join(records.rejection_line(f"{tag}/bad{j}", "undecodable: x", "decode") for j in range(rejected))
     written = sum(count for _, count in train)
     facts = {"read": written + rejected, "rejected": rejected, "labeled": written, "below_threshold": 0,
-             "over_cap": 0, "kept": written, "duplicates": 0, "train_files": train,
+             "over_cap": 0, "kept": written, "duplicates": 0, "unavailable": 0, "unavailable_copies": 0,
+             "train_files": train,
              "rejected_files": [(name, rejected)], "rejected_by_reason": {"undecodable": rejected},
              "confidence_histogram": [0] * 100, "entropy_histogram": [0] * 50, "most_confident": {},
              "least_confident": {}}
     for fact in ("class_labeled", "class_kept", "class_duplicates", "class_over_cap", "class_below_threshold",
-                 "class_mean_confidence", "class_confidence_quantiles"):
+                 "class_unavailable", "class_unavailable_copies", "class_mean_confidence",
+                 "class_confidence_quantiles"):
         facts[fact] = {}
     return files, facts
 
@@ -275,12 +277,14 @@ def test_jobs_with_identical_settings_get_their_own_staging(tiny_teacher, photo_
     folder, _, _ = photo_folder
     argv = [f"--teacher={tiny_teacher}", f"--input={folder}/*", f"--output={tmp_path / 'out'}"]
     meta = label._teacher_metadata(tiny_teacher)
-    for _ in range(2):  # label.build is where a job's Commit and staging directory are made
+    for _ in range(2):  # select.build is where a job's Commit and staging directory are made
         settings = options.resolve(options.parse(argv)[0], meta.num_classes)
-        label.build(beam.Pipeline(), settings, meta)
+        document = label.index_base(settings, meta)
+        select.build(beam.Pipeline(), settings, document)
     first, second = built
     assert first._staging != second._staging and first._run_nonce != second._run_nonce
-    assert settings.run_id() in first._staging and settings.run_id() in second._staging
+    run_id = first._manifest_base["run_id"]
+    assert run_id == second._manifest_base["run_id"] and run_id in first._staging and run_id in second._staging
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

@@ -2,17 +2,13 @@
 
 import io
 
-import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
-from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from conftest import png_header_claiming
 from pipeline import decode
-from pipeline.elements import Candidate
 
 MAX_PIXELS = 10_000_000
 
@@ -108,16 +104,13 @@ def test_truncated_jpeg_is_rejected():
         decode.decode(data[:len(data) // 2], MAX_PIXELS)
 
 
-def test_decode_dofn_routes_rejections_to_a_tagged_output():
-    good = _encode(Image.fromarray(_gradient()), "PNG")
-    with TestPipeline() as pipeline:
-        outputs = (pipeline
-                   | beam.Create([Candidate("a.png", good), Candidate("b.jpg", b"")])
-                   | beam.ParDo(decode.DecodeImages(MAX_PIXELS, 0)).with_outputs(decode.REJECTED, main="images"))
-        assert_that(outputs.images | "Keys" >> beam.Map(lambda item: (item[0].uri, item[0].key, item[1].shape)),
-                    equal_to([("a.png", decode.content_key(good), (32, 48, 3))]), label="Decoded")
-        assert_that(outputs[decode.REJECTED] | beam.Map(lambda r: (r.uri, r.category, r.stage)),
-                    equal_to([("b.jpg", "empty", "decode")]), label="Rejected")
+def test_prediction_skips_the_stored_bytes_and_the_thumbnail_and_sees_the_same_pixels():
+    data = _encode(Image.fromarray(_gradient()), "PNG")
+    pixels, stored, thumbnail = decode.decode(data, MAX_PIXELS)
+    only_pixels = decode.decode(data, MAX_PIXELS, store=False, thumbnail=False)
+    assert only_pixels[1] is None and only_pixels[2] is None
+    assert np.array_equal(only_pixels[0], pixels)
+    assert decode.decode(data, MAX_PIXELS, thumbnail=False)[1] == stored
 
 
 def _truncated_idat_png(rows=12, height=24, width=32):

@@ -1,22 +1,19 @@
 """pipeline.decode's per-worker memory budget: estimates that hold, waits, refusals, Beam sharing."""
 
 import io
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
 
-import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from conftest import png_header_claiming
 from pipeline import decode
-from pipeline.elements import Candidate
 
 # Measured in a fresh process so the peak (ru_maxrss) belongs to this one decode. A warm-up
 # decode of the same format first, so TF's and Pillow's one-time set-up is not counted.
@@ -127,15 +124,14 @@ def test_threads_decoding_together_never_exceed_the_budget():
     assert memory.peak_in_use == 2 * one  # the threads did overlap, up to the budget
 
 
-def test_beam_decode_rejects_what_exceeds_the_flag_and_keeps_the_rest():
-    small = io.BytesIO()
-    Image.new("RGB", (32, 32), (10, 20, 30)).save(small, format="PNG")
-    candidates = [Candidate("mem://small.png", small.getvalue()), Candidate("mem://bomb.png", png_header_claiming(5000, 5000))]
-    with TestPipeline() as pipeline:
-        outputs = (pipeline | beam.Create(candidates)
-                   | beam.ParDo(decode.DecodeImages(10**9, 0, decode_memory_mb=64)).with_outputs(
-                       decode.REJECTED, main="images"))
-        assert_that(outputs.images | "Uris" >> beam.Map(lambda item: item[0].uri), equal_to(["mem://small.png"]),
-                    label="decoded")
-        assert_that(outputs[decode.REJECTED] | "Reasons" >> beam.Map(lambda r: (r.uri, r.reason.split(":")[0])),
-                    equal_to([("mem://bomb.png", "too_much_memory")]), label="rejected")
+def test_the_labeling_job_rejects_what_exceeds_the_flag_and_keeps_the_rest(tiny_teacher, tmp_path):
+    from pipeline import label
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(folder / "small.png")
+    (folder / "bomb.png").write_bytes(png_header_claiming(5000, 5000))
+    label.run([f"--teacher={tiny_teacher}", f"--input={folder}/*", f"--output={tmp_path / 'out'}",
+               "--decode_memory_mb=64", "--min_confidence=0", "--allow_random_teacher"])
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["kept"] == 1 and manifest["rejected_by_reason"] == {"too_much_memory": 1}

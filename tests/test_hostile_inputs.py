@@ -9,9 +9,7 @@ nothing or cannot be matched, and TFRecord files that cannot be opened.
 """
 
 import hashlib
-import inspect
 import io
-import json
 import os
 import re
 import socket
@@ -28,7 +26,7 @@ from PIL import Image
 
 from conftest import png_header_claiming
 from pipeline import label, records, selection, sources
-from pipeline.elements import Candidate
+from pipeline.elements import Prediction
 from student import augment, inputs, pseudo, train
 from student import sources as student_sources
 from test_label import _read_run
@@ -94,8 +92,8 @@ def _unix_socket(path):
 def corpus(tmp_path_factory):
     """(root, {run name: (input, {uri: (reason category, detail)}, [good uris], flags)})."""
     # Today's reader would block on the FIFO forever or read /dev/zero until memory runs out.
-    assert "max_bytes" in inspect.signature(sources.ReadImages).parameters, \
-        "ReadImages has no --max_bytes guard: this corpus would hang or exhaust the machine's memory"
+    assert "max_bytes" in sources.InputSource._fields, \
+        "reading has no --max_bytes guard: this corpus would hang or exhaust the machine's memory"
     root = tmp_path_factory.mktemp("hostile")
     folder = root / "corpus"
     folder.mkdir()
@@ -220,24 +218,24 @@ def test_reads_are_bounded_even_when_the_size_lies(tmp_path):
     assert sources.read_file(str(tmp_path / "ok.bin"), 16) == b"x" * 16
 
 
-def test_dedup_groups_uris_not_image_bytes():
+def test_dedup_groups_index_entries_not_image_bytes():
     copies = 300
-    candidates = [Candidate(f"{index:04d}.png", b"placeholder" * 1000) for index in range(copies)]
+    entries = [Prediction("placeholder-key", f"{index:04d}.png", -1, 11000, (0,), (0.9,), 0.9, 0.1)
+               for index in range(copies)]
     pipeline = test_pipeline.TestPipeline()
     result = (pipeline
-              | beam.Create(candidates + [Candidate("other.png", b"other")])
+              | beam.Create(entries + [Prediction("other-key", "other.png", -1, 5, (1,), (0.8,), 0.8, 0.2)])
               | "Dedup" >> selection.Deduplicate())
-    grouped_types = []
+    grouped = []
 
     class FindGroupings(beam.pipeline.PipelineVisitor):
         def visit_transform(self, node):
-            if node.full_label.startswith("Dedup/") and isinstance(node.transform, beam.GroupByKey) \
-                    and "JoinVerdicts" not in node.full_label:
-                grouped_types.append(node.inputs[0].element_type)
+            if node.full_label.startswith("Dedup/") and isinstance(node.transform, beam.GroupByKey):
+                grouped.append(node.full_label)
 
     pipeline.visit(FindGroupings())
-    # What is grouped by content is (content key, URI): strings only, never a Candidate's bytes.
-    assert grouped_types == [beam.typehints.Tuple[str, str]], grouped_types
+    # Dedup runs in selection, on index entries (labels and URIs): no image bytes exist there to group.
+    assert grouped == ["Dedup/GroupByContent"], grouped
     assert_that(result.unique | beam.Map(lambda c: c.uri), equal_to(["0000.png", "other.png"]), label="Unique")
     assert_that(result[selection.REJECTED] | beam.Map(lambda r: r.reason),
                 equal_to(["duplicate: same content as 0000.png"] * (copies - 1)), label="Rejected")

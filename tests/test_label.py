@@ -222,17 +222,18 @@ def test_every_stage_reports_beam_counters(photo_folder, tiny_teacher, tmp_path)
     folder, good, _ = photo_folder
     listing = tmp_path / "inputs.txt"
     listing.write_text("".join(f"{folder / name}\n" for name in good[:4] + ["empty.jpg", "readme.txt"]))
-    result = _label(tiny_teacher, listing, tmp_path / "out", "--min_confidence=0", "--per_class=1",
-                    "--balance=none")
+    results = _label(tiny_teacher, listing, tmp_path / "out", "--min_confidence=0", "--per_class=1",
+                     "--balance=none")
     counters = {(c.key.metric.namespace, c.key.metric.name): c.committed
-                for c in result.metrics().query()["counters"]}
-    assert counters[("ReadImages", "read")] == 5 and counters[("ReadImages", "rejected")] == 1
+                for result in results for c in result.metrics().query()["counters"]}
+    assert counters[("ReadImages", "rejected")] == 1
+    assert counters[("PredictShards", "shards_computed")] == 1
     assert counters[("Decode", "decoded")] == 4 and counters[("Decode", "rejected")] == 1
     assert counters[("Select", "above_threshold")] == 4
     assert counters[("Select", "kept")] + counters[("Select", "over_cap")] == 4
     assert counters[("WriteRecords", "train_written")] == counters[("Select", "kept")]
     assert counters[("Commit", "runs_committed")] == 1
-    assert any(namespace == "Label" for namespace, _ in counters), "RunInference's own counters"
+    assert any(namespace == "Label" for namespace, _ in counters), "the model handler's own counters"
 
 
 def test_tfds_source_with_mock_data(tiny_teacher, tmp_path):
@@ -250,7 +251,8 @@ def test_tfds_source_with_mock_data(tiny_teacher, tmp_path):
     (["--top_k=9"], "--top_k=9 must be between 1 and the teacher's 4 classes"),
     (["--min_confidence=1.5"], "--min_confidence=1.5 must be in"),
     (["--balance=duplicate"], "--balance=duplicate needs --per_class"),
-    (["--min_batch_size=64", "--max_batch_size=8"], "--min_batch_size=64 must be"),
+    (["--max_batch_size=0"], "--max_batch_size=0 must be >= 1"),
+    (["--num_shards=-1"], "--num_shards must be >= 0"),
     (["--no_such_flag=1"], "unknown flag --no_such_flag"),
     (["--balance=sometimes"], "--balance"),
     (["--tpu=local", "--teacher_strategy=cpu"], "--tpu=local contradicts"),
@@ -276,7 +278,7 @@ def test_missing_input_or_teacher_is_named(photo_folder, tiny_teacher, tmp_path)
 
 def test_accounting_that_does_not_close_fails_loudly():
     counts = {"read": 10, "rejected": 2, "labeled": 8, "below_threshold": 1, "over_cap": 2, "kept": 5,
-              "duplicates": 3, "written": 8}
+              "duplicates": 3, "unavailable": 0, "unavailable_copies": 0, "written": 8}
     commit.check_accounting(counts, rejected_written=2)
     with pytest.raises(commit.AccountingError, match="read 11 != rejected 2 \\+ labeled 8"):
         commit.check_accounting({**counts, "read": 11}, rejected_written=2)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pipeline import label, records
+from pipeline import label, records, select
 
 BUCKET = "labeling-test"
 
@@ -66,8 +66,12 @@ def test_gs_input_and_output(gcs_emulator, photo_folder, tiny_teacher):
                "--min_confidence=0", "--num_shards=2", "--no_auth", "--allow_random_teacher"])
 
     names = sorted(blob.name for blob in bucket.list_blobs(prefix="labels/"))
-    assert names == ["labels/manifest.json", "labels/rejected-00000-of-00001.jsonl", "labels/stats.json",
+    index_document = json.loads(bucket.blob("labels/predictions/index.json").download_as_bytes())
+    assert names == ["labels/manifest.json", "labels/predictions/index.json",
+                     *(f"labels/predictions/{shard}" for shard in index_document["shards"]),
+                     "labels/rejected-00000-of-00001.jsonl", "labels/stats.json",
                      "labels/train-00000-of-00002.tfrecord", "labels/train-00001-of-00002.tfrecord"]
+    assert index_document["counts"] == {"read": 8, "labeled": 6, "rejected": 2}
     manifest = json.loads(bucket.blob("labels/manifest.json").download_as_bytes())
     assert manifest["counts"]["read"] == 8 and manifest["counts"]["rejected"] == 2
     assert manifest["counts"]["written"] == manifest["counts"]["kept"] == 6
@@ -76,3 +80,9 @@ def test_gs_input_and_output(gcs_emulator, photo_folder, tiny_teacher):
     assert sorted(r["image/source_uri"] for r in written) == sorted(f"gs://{BUCKET}/unlabeled/{n}" for n in good[:6])
     rejected = bucket.blob("labels/rejected-00000-of-00001.jsonl").download_as_text().splitlines()
     assert sorted(json.loads(line)["uri"].rsplit("/", 1)[1] for line in rejected) == ["empty.jpg", "text_named.jpg"]
+
+    # Stage 2 alone, from the index on gs://, into another gs:// OUT_DIR: the same records.
+    select.run([f"--predictions=gs://{BUCKET}/labels/predictions", f"--output=gs://{BUCKET}/again",
+                "--min_confidence=0", "--num_shards=2", "--no_auth"])
+    for name in manifest["files"]["train"] + manifest["files"]["rejected"] + ["stats.json"]:
+        assert bucket.blob(f"again/{name}").download_as_bytes() == bucket.blob(f"labels/{name}").download_as_bytes()

@@ -74,6 +74,7 @@ def test_sdist_builds_and_holds_the_four_packages(tmp_path):
     for package in ("models", "teacher", "pipeline", "student"):
         assert f"{package}/__init__.py" in names
     assert "models/resnet_rs.py" in names and "setup.py" in names and "teacher/evaluate.py" in names
+    assert "pipeline/report/__init__.py" in names and "pipeline/report/cli.py" in names  # the subpackage too
     assert "constraints.txt" in names  # `pip install -c constraints.txt` works from an unpacked sdist too
     assert not any(name.startswith("tests/") for name in names)
 

@@ -106,10 +106,9 @@ def test_unknown_total_is_a_question_mark(capfd):
     """Inputs counted only once read (TFRecord, TFDS): "?" rather than a guess."""
     pipeline = beam.Pipeline(runner=FnApiRunner())
     items = pipeline | beam.Create(range(30)) | beam.Reshuffle() | beam.Map(lambda x: time.sleep(0.01) or x)
-    labeled = items | beam.Filter(lambda x: x % 10)
-    rejected = items | beam.Filter(lambda x: not x % 10)
-    committed = (labeled | "CountAll" >> beam.combiners.Count.Globally())
-    progress.track(0.05, pipeline.runner, (), labeled, rejected, committed)
+    done = items | beam.Map(lambda x: ("labeled" if x % 10 else "rejected", 1))
+    committed = (done | "CountAll" >> beam.combiners.Count.Globally())
+    progress.track(0.05, pipeline.runner, (), done, committed)
     result = pipeline.run()
     lines = _lines(capfd.readouterr().err)
     assert len(lines) >= 2 and all(total is None for _, total, _, _ in lines)
@@ -130,7 +129,7 @@ def test_a_lost_board_never_fails_the_job(tmp_path, monkeypatch, capfd):
 
     pipeline = beam.Pipeline(runner=FnApiRunner())
     labeled = pipeline | beam.Create(range(20)) | beam.Reshuffle() | beam.Map(lose_the_board)
-    progress.track(0.001, pipeline.runner, (labeled,), labeled, labeled | beam.Filter(lambda _: False), labeled)
+    progress.track(0.001, pipeline.runner, (labeled,), labeled | beam.Map(lambda _: ("labeled", 1)), labeled)
     assert pipeline.run().state == PipelineState.DONE
     assert "no more progress lines from this worker (FileNotFoundError" in capfd.readouterr().err
 
@@ -143,7 +142,7 @@ def test_remote_runners_say_where_progress_is(capfd, tmp_path, monkeypatch):
         ["--project=example-project", "--region=us-central1", "--temp_location=gs://example-bucket/tmp",
          "--no_auth", "--dry_run=True"]))
     items = pipeline | beam.Create([1, 2])
-    progress.track(10, pipeline.runner, (items,), items, items | "None" >> beam.Filter(bool), items)
+    progress.track(10, pipeline.runner, (items,), items | beam.Map(lambda _: ("labeled", 1)), items)
     (line,) = capfd.readouterr().err.splitlines()
     assert "Progress/processed" in line and "gcloud dataflow metrics list JOB_ID" in line
     assert not list(tmp_path.glob("label-progress-*")), "no board: a remote runner's workers share no disk"
@@ -157,9 +156,11 @@ def test_a_negative_interval_is_refused(photo_folder, tiny_teacher, tmp_path):
 
 # The labeling job.
 
-def _check_run(output, err, result, total_known=True):
-    """The progress lines of a run against its manifest; returns them."""
-    counts = json.loads((output / "manifest.json").read_text())["counts"]
+def _check_run(output, err, results, total_known=True):
+    """The progress lines of a run against its prediction index (progress is stage 1's, the
+    teacher's pass; rejections made by selection, e.g. --dedup's, come after); returns them."""
+    counts = json.loads((output / "predictions" / "index.json").read_text())["counts"]
+    result = results.predict
     total = counts["read"] if total_known else None
     lines = _lines(err)
     assert len(lines) >= 3, err
@@ -226,5 +227,7 @@ def test_list_files_count_what_they_list_and_tfrecords_say_question_mark(photo_f
             feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
                 value=[(folder / name).read_bytes()]))}
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    result = _label(tiny_teacher, str(records_path), tmp_path / "records", "--progress_every_s=0.001")
+    # Progress moves by teacher batch: batches of 2 give the 6 records several lines.
+    result = _label(tiny_teacher, str(records_path), tmp_path / "records", "--progress_every_s=0.001",
+                    "--max_batch_size=2")
     _check_run(tmp_path / "records", capfd.readouterr().err, result, total_known=False)

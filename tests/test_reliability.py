@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import label, records, report, sources
+from pipeline import label, records, sources
+from pipeline.elements import Rejection
+from pipeline.report import cli as report
 from student import config as config_lib
 from student import inputs, pseudo, train
 from student import sources as student_sources
@@ -60,10 +62,10 @@ def test_a_crafted_tfrecord_length_is_a_rejection_not_a_memory_error(tmp_path):
             next(frames)
 
     # The TFRecord source: the two good records are candidates, the rest of the file one rejection.
-    outputs = list(sources._ReadTfrecordFile("image/encoded").process((str(path), path.stat().st_size)))
+    outputs = list(sources.read_tfrecord_file(str(path), "image/encoded", sources.DEFAULT_MAX_BYTES))
     assert [(o.uri, o.data) for o in outputs[:2]] == [(f"{path}#0", b"first image"), (f"{path}#1", b"second image")]
-    assert len(outputs) == 3 and outputs[2].tag == sources.REJECTED
-    rejection = outputs[2].value
+    assert len(outputs) == 3 and isinstance(outputs[2], Rejection)
+    rejection = outputs[2]
     assert rejection.uri == str(path) and rejection.category == "corrupt_tfrecord" and "limit" in rejection.reason
 
 
@@ -236,8 +238,8 @@ def saved_model_loads(monkeypatch):
 
 
 def test_the_holdout_report_never_loads_a_directory_that_is_not_a_teacher(tmp_path, saved_model_loads):
-    from pipeline import report_holdout
-    from pipeline.report_summary import ReportError
+    from pipeline.report.holdout import evaluate
+    from pipeline.report.summary import ReportError
 
     bare = tmp_path / "bare"
     module = tf.Module()
@@ -248,10 +250,10 @@ def test_the_holdout_report_never_loads_a_directory_that_is_not_a_teacher(tmp_pa
     (holdout / "cat").mkdir(parents=True)
     (holdout / "cat" / "a.png").write_bytes(b"not read")
     with pytest.raises(ReportError, match="teacher.json is missing"):
-        report_holdout.evaluate(str(bare), str(holdout))
+        evaluate(str(bare), str(holdout))
     (bare / "teacher.json").write_text(json.dumps(_teacher_record(eval_image_size=10 ** 7)))
     with pytest.raises(ReportError, match="eval_image_size must be"):
-        report_holdout.evaluate(str(bare), str(holdout))
+        evaluate(str(bare), str(holdout))
     assert saved_model_loads == []
 
 

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import report, report_html, report_summary
+from pipeline.report import cli as report
+from pipeline.report.html import thumbnail_uri
+from pipeline.report.summary import ReportError, printable, read_run, summarize
 
 # Executing either payload would be visible in the DOM (title changed, attribute on <body>).
 SCRIPT_CLASS = '<script>document.title="INJECTED";document.body.setAttribute("data-injected","1")</script>'
@@ -113,8 +115,8 @@ def run_directory(tmp_path):
 
 
 def test_summary_accounting_and_sweep(run_directory):
-    manifest, stats = report_summary.read_run(str(run_directory))
-    summary = report_summary.summarize(str(run_directory), manifest, stats)
+    manifest, stats = read_run(str(run_directory))
+    summary = summarize(str(run_directory), manifest, stats)
     assert summary["accounting_closes"] and not any("Accounting" in w for w in summary["warnings"])
     classes, confidence, _ = simulate()
     sweep = {row["min_confidence"]: row for row in summary["threshold_sweep"]}
@@ -150,7 +152,7 @@ def test_text_format_is_a_readable_table(run_directory):
     assert "worst 6 of 6 classes" in text
     assert "decode_error 12" in text
     # Control characters in data are shown escaped, not sent to the terminal.
-    assert "\x1b" not in report_summary.printable("evil\x1b[2Jname")
+    assert "\x1b" not in printable("evil\x1b[2Jname")
 
 
 def test_json_format_round_trips(run_directory):
@@ -178,20 +180,20 @@ def test_html_is_self_contained_and_escapes_data(run_directory, tmp_path):
 
 
 def test_thumbnails_that_are_not_images_never_reach_src():
-    assert report_html.thumbnail_uri('" onerror="alert(1)') is None
-    assert report_html.thumbnail_uri(base64.b64encode(b"<svg onload=alert(1)>").decode()) is None
-    assert report_html.thumbnail_uri(jpeg_base64(10)).startswith("data:image/jpeg;base64,/9j/")
+    assert thumbnail_uri('" onerror="alert(1)') is None
+    assert thumbnail_uri(base64.b64encode(b"<svg onload=alert(1)>").decode()) is None
+    assert thumbnail_uri(jpeg_base64(10)).startswith("data:image/jpeg;base64,/9j/")
 
 
 def test_missing_stats_names_the_fix(tmp_path):
     directory = tmp_path / "labels"
     write_synthetic_run(directory, with_stats=False)
-    with pytest.raises(report_summary.ReportError, match="--recompute"):
+    with pytest.raises(ReportError, match="--recompute"):
         report.build_report(str(directory), output_format="text")
-    with pytest.raises(report_summary.ReportError, match="--output"):
+    with pytest.raises(ReportError, match="--output"):
         report.build_report(str(directory))
     (directory / "stats.json").write_text(json.dumps({"schema_version": 2}))
-    with pytest.raises(report_summary.ReportError, match="schema_version 2"):
+    with pytest.raises(ReportError, match="schema_version 2"):
         report.build_report(str(directory), output_format="text")
 
 

@@ -18,7 +18,9 @@ from PIL import Image
 
 import models
 import teacher
-from pipeline import label, report, report_recompute
+from pipeline import label
+from pipeline.report import cli as report
+from pipeline.report.recompute import recompute
 from test_report import ALERT_CLASS, QUOTED_URI, SCRIPT_CLASS
 
 CHROMIUM = "/usr/bin/chromium"
@@ -66,7 +68,7 @@ def test_report_of_a_real_labeling_run(labeling_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(labels, copy)
     (copy / "stats.json").unlink()
-    recomputed = report_recompute.recompute(str(copy), ["--runner=DirectRunner"])
+    recomputed = recompute(str(copy), ["--runner=DirectRunner"])
     job = json.loads((labels / "stats.json").read_text())
     for ours, theirs in zip(recomputed["per_class"], job["per_class"]):
         assert (ours["name"], ours["kept"], ours["duplicates"], ours["written"]) == \

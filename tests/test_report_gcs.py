@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pipeline import report
+from pipeline.report import cli as report
 from test_report import write_synthetic_run
 from test_report_recompute import write_records
 

@@ -9,7 +9,9 @@ from PIL import Image
 
 import models
 import teacher
-from pipeline import report, report_holdout, report_summary
+from pipeline.report import cli as report
+from pipeline.report import holdout
+from pipeline.report.summary import ReportError
 from test_report import write_synthetic_run
 
 # tfds.testing.mock_data names ClassLabel classes "0", "1", ...; the teacher uses the same names
@@ -45,19 +47,19 @@ def holdout_folder(tmp_path_factory):
 def test_reliability_and_expected_calibration_error():
     confidence = np.array([0.95, 0.95, 0.5, 0.5])
     correct = np.array([True, False, True, True])
-    bins, error = report_holdout.reliability(confidence, correct)
+    bins, error = holdout.reliability(confidence, correct)
     assert len(bins) == 15 and sum(item["count"] for item in bins) == 4
     assert error == pytest.approx(0.5 * abs(0.5 - 0.95) + 0.5 * abs(1.0 - 0.5))
     assert bins[14]["accuracy"] == 0.5 and bins[7]["confidence"] == 0.5
-    sweep = {row["min_confidence"]: row for row in report_holdout.accuracy_sweep(confidence, correct, 0.6)}
+    sweep = {row["min_confidence"]: row for row in holdout.accuracy_sweep(confidence, correct, 0.6)}
     assert sweep[0.6]["current"] and sweep[0.6]["kept"] == 2 and sweep[0.6]["accuracy"] == 0.5
     assert sweep[0.0]["kept_fraction"] == 1.0 and sweep[0.0]["accuracy"] == 0.75
     assert sweep[0.99]["kept"] == 0 and sweep[0.99]["accuracy"] is None
 
 
 def test_folder_holdout_matches_the_teachers_own_predictions(teacher_directory, holdout_folder):
-    metrics = report_holdout.evaluate(teacher_directory, str(holdout_folder), temperature=2.0, top_k=2,
-                                      current_min_confidence=0.4)
+    metrics = holdout.evaluate(teacher_directory, str(holdout_folder), temperature=2.0, top_k=2,
+                               current_min_confidence=0.4)
     assert (metrics["evaluated"], metrics["skipped"], metrics["unreadable"]) == (12, 2, 1)
     model = teacher.load(teacher_directory)
     images, truth = [], []
@@ -70,25 +72,25 @@ def test_folder_holdout_matches_the_teachers_own_predictions(teacher_directory, 
     assert metrics["accuracy"] == pytest.approx(np.mean(predictions.top_k_indices[:, 0] == truth))
     assert metrics["top_k_accuracy"] == pytest.approx(np.mean(np.any(predictions.top_k_indices == truth[:, None], 1)))
     assert metrics["mean_confidence"] == pytest.approx(float(predictions.confidence.mean()), rel=1e-5)
-    _, expected_error = report_holdout.reliability(predictions.confidence.astype(np.float64),
-                                                   predictions.top_k_indices[:, 0] == truth)
+    _, expected_error = holdout.reliability(predictions.confidence.astype(np.float64),
+                                            predictions.top_k_indices[:, 0] == truth)
     assert metrics["expected_calibration_error"] == pytest.approx(expected_error, abs=1e-6)
     per_class = metrics["per_class"]
     assert [row["images"] for row in per_class] == [4, 4, 4]
     for row in per_class:
         mine = truth == row["class"]
         assert row["accuracy"] == pytest.approx(np.mean(predictions.top_k_indices[mine, 0] == row["class"]))
-    limited = report_holdout.evaluate(teacher_directory, str(holdout_folder), limit=5)
+    limited = holdout.evaluate(teacher_directory, str(holdout_folder), limit=5)
     assert limited["evaluated"] == 5
 
 
 def test_tfds_holdout(teacher_directory):
     with tfds.testing.mock_data(num_examples=20):
-        metrics = report_holdout.evaluate(teacher_directory, "tfds:cifar10/test", top_k=5)
+        metrics = holdout.evaluate(teacher_directory, "tfds:cifar10/test", top_k=5)
     assert metrics["evaluated"] + metrics["skipped"] == 20 and metrics["evaluated"] > 0
     assert metrics["top_k"] == 3 and metrics["top_k_accuracy"] == 1.0  # top-3 of 3 classes always hits
-    with pytest.raises(report_summary.ReportError, match="tfds:NAME/SPLIT"):
-        report_holdout.evaluate(teacher_directory, "tfds:cifar10")
+    with pytest.raises(ReportError, match="tfds:NAME/SPLIT"):
+        holdout.evaluate(teacher_directory, "tfds:cifar10")
 
 
 def test_report_with_holdout(teacher_directory, holdout_folder, tmp_path):
@@ -106,9 +108,9 @@ def test_report_with_holdout(teacher_directory, holdout_folder, tmp_path):
     assert by_class[0]["holdout_images"] == 4 and by_class[5]["holdout_images"] == 0
     (tmp_path / "strangers" / "purple").mkdir(parents=True)
     (tmp_path / "strangers" / "purple" / "0.png").write_bytes((holdout_folder / "9" / "0.png").read_bytes())
-    with pytest.raises(report_summary.ReportError, match="none of its images belong to the teacher's classes"):
+    with pytest.raises(ReportError, match="none of its images belong to the teacher's classes"):
         report.build_report(str(labels), output_format="text", holdout=str(tmp_path / "strangers"),
                             teacher_path=teacher_directory)
-    with pytest.raises(report_summary.ReportError, match="no images found"):
+    with pytest.raises(ReportError, match="no images found"):
         report.build_report(str(labels), output_format="text", holdout=str(holdout_folder / "0"),
                             teacher_path=teacher_directory)

@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import report, report_recompute, report_summary
+from pipeline.report import cli as report
+from pipeline.report.recompute import recompute
+from pipeline.report.summary import ReportError
 
 NUM_CLASSES = 3
 
@@ -58,8 +60,7 @@ def test_recompute_without_manifest_counts_rejections_and_writes_stats(tmp_path)
              {"uri": "b.jpg", "reason": "decode_error", "stage": "decode"},
              {"uri": "c.jpg", "reason": "too_large", "stage": "decode"}]
     (directory / "rejected-00000-of-00001.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    stats = report_recompute.recompute(str(directory), ["--runner=DirectRunner"], num_classes=NUM_CLASSES,
-                                       examples_per_class=2)
+    stats = recompute(str(directory), ["--runner=DirectRunner"], num_classes=NUM_CLASSES, examples_per_class=2)
     assert json.loads((directory / "stats.json").read_text()) == stats
     assert stats["recomputed_from_records"] and stats["rejected_by_reason"] == {"decode_error": 2, "too_large": 1}
     rows = stats["per_class"]
@@ -93,14 +94,14 @@ def test_report_with_recompute_flags_what_it_cannot_know(tmp_path):
     assert summary["counts"]["written"] == 11 and summary["counts"]["duplicates"] == 3
     assert any("recomputed from the written records" in warning for warning in summary["warnings"])
     assert "recomputed from the written records" in output.read_text()
-    with pytest.raises(report_summary.ReportError, match="exists"):  # never replaces stats silently
+    with pytest.raises(ReportError, match="exists"):  # never replaces stats silently
         report.build_report(str(directory), output_format="text", recompute=True)
 
 
 def test_recompute_needs_the_class_count(tmp_path):
     directory = tmp_path / "labels"
     write_records(directory)
-    with pytest.raises(report_summary.ReportError, match="--num_classes"):
-        report_recompute.recompute(str(directory))
-    with pytest.raises(report_summary.ReportError, match="no records match"):
-        report_recompute.recompute(str(tmp_path / "empty"), num_classes=3)
+    with pytest.raises(ReportError, match="--num_classes"):
+        recompute(str(directory))
+    with pytest.raises(ReportError, match="no records match"):
+        recompute(str(tmp_path / "empty"), num_classes=3)

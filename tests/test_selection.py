@@ -6,12 +6,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import selection
-from pipeline.elements import Candidate, LabeledImage, StoredImage
+from pipeline.elements import Prediction
 
 
-def _image(name, label, confidence):
-    stored = StoredImage(key=f"key-{name}", uri=f"mem://{name}.jpg", encoded=b"x", thumbnail=b"t")
-    return LabeledImage(stored, (label, 1 - label), (confidence, 1 - confidence), confidence, 0.5)
+def _image(name, label, confidence, key=None):
+    return Prediction(key or f"key-{name}", f"mem://{name}.jpg", -1, 100, (label, 1 - label),
+                      (confidence, 1 - confidence), confidence, 0.5)
 
 
 # class 0: five images (0.9 .. 0.5) and one below threshold; class 1: two images.
@@ -32,13 +32,13 @@ IMAGES = [_image(f"a{i}", 0, 0.9 - 0.1 * i) for i in range(5)] + [_image("low", 
 def test_select(per_class, balance, written, over_cap):
     pipeline = TestPipeline()
     selected = pipeline | beam.Create(IMAGES) | selection.Select(0.3, per_class, balance)
-    name = beam.Map(lambda image: image.image.uri[len("mem://"):-len(".jpg")])
+    name = beam.Map(lambda image: image.uri[len("mem://"):-len(".jpg")])
     copies = (selected["written"]
-              | "Names" >> beam.MapTuple(lambda image, copy: (image.image.uri[6:-4], copy))
+              | "Names" >> beam.MapTuple(lambda image, copy: (image.uri[6:-4], copy))
               | beam.combiners.Count.PerKey())
     assert_that(copies, equal_to(list(written.items())), label="Written")
     indices = (selected["written"]
-               | "Copies" >> beam.MapTuple(lambda image, copy: (image.image.uri[6:-4], copy))
+               | "Copies" >> beam.MapTuple(lambda image, copy: (image.uri[6:-4], copy))
                | beam.GroupByKey() | beam.MapTuple(lambda key, values: (key, sorted(values))))
     assert_that(indices, equal_to([(key, list(range(count))) for key, count in written.items()]), label="Indices")
     assert_that(selected["over_cap"] | "OverCap" >> name, equal_to(over_cap), label="OverCap")
@@ -56,8 +56,9 @@ def test_copies_per_image_fills_exactly_to_the_cap():
 def test_deduplicate_keeps_the_smallest_uri_and_rejects_the_rest():
     with TestPipeline() as pipeline:
         result = (pipeline
-                  | beam.Create([Candidate("b.jpg", b"same"), Candidate("a.jpg", b"same"), Candidate("c.jpg", b"other")])
+                  | beam.Create([_image("b", 0, 0.5, "same"), _image("a", 1, 0.5, "same"), _image("c", 0, 0.5, "other")])
                   | selection.Deduplicate())
-        assert_that(result.unique | beam.Map(lambda c: c.uri), equal_to(["a.jpg", "c.jpg"]), label="Unique")
+        assert_that(result.unique | beam.Map(lambda c: c.uri), equal_to(["mem://a.jpg", "mem://c.jpg"]),
+                    label="Unique")
         assert_that(result[selection.REJECTED] | beam.Map(lambda r: (r.uri, r.reason, r.stage)),
-                    equal_to([("b.jpg", "duplicate: same content as a.jpg", "dedup")]), label="Rejected")
+                    equal_to([("mem://b.jpg", "duplicate: same content as mem://a.jpg", "dedup")]), label="Rejected")

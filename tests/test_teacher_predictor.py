@@ -253,3 +253,52 @@ def test_load_shares_one_teacher_per_compile_mode_spelling(teacher_dir):
         teacher_dir, batch_size=3, jit_compile=False)
     assert teacher.load(teacher_dir, batch_size=3, jit_compile="xla") is not teacher.load(
         teacher_dir, batch_size=3, jit_compile="graph")
+
+
+def _eager_reference(loaded, images, temperature, top_k):
+    """What `predict` gave before its preparation was compiled: the eager transform, one
+    image at a time, then the same fixed-batch step."""
+    meta = loaded.metadata
+    prepared = tf.concat([preprocessing.normalize(
+        preprocessing.center_crop_and_resize(image[np.newaxis], meta.eval_image_size, meta.crop_padding),
+        meta.mean_rgb, meta.stddev_rgb) for image in images], axis=0)
+    parts = []
+    for start in range(0, len(images), loaded.batch_size):
+        chunk = prepared[start:start + loaded.batch_size]
+        valid = int(chunk.shape[0])
+        chunk = tf.concat([chunk, tf.zeros([loaded.batch_size - valid, *chunk.shape[1:]])], axis=0)
+        outputs = loaded._step(chunk, tf.constant(temperature, tf.float32), top_k)
+        parts.append({k: v[:valid].numpy() for k, v in outputs.items()})
+    return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+
+
+def test_compiled_preparation_of_mixed_sizes_matches_the_eager_transform(tiny_teacher, monkeypatch):
+    loaded = predictor.Teacher(tiny_teacher, batch_size=4, jit_compile="graph")
+    rng = np.random.default_rng(8)
+    sizes = [(17, 23), (64, 48), (300, 200), (5, 7), (1, 1), (2, 3), (1, 40), (33, 2), (64, 64), (31, 97), (8, 8)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    images.append(rng.integers(0, 256, (40, 90, 3), dtype=np.uint8)[:, ::2])  # not contiguous
+    expected = _eager_reference(loaded, images, 2.0, 3)
+    result = loaded.predict(images, temperature=2.0, top_k=3, full_distribution=True)
+    np.testing.assert_array_equal(result.top_k_indices, expected["top_k_indices"])
+    for name in ("top_k_probabilities", "confidence", "entropy", "distribution"):
+        np.testing.assert_allclose(getattr(result, name), expected[name], rtol=0, atol=1e-6, err_msg=name)
+    assert loaded.preparation_traces == 1  # one trace for every mix of sizes
+    # Packs cut small (an image alone when it is over the cap) give the same labels.
+    monkeypatch.setattr(predictor, "_PACK_BYTES", 2000)
+    small_packs = loaded.predict(images, temperature=2.0, top_k=3, full_distribution=True)
+    np.testing.assert_array_equal(small_packs.top_k_indices, result.top_k_indices)
+    np.testing.assert_allclose(small_packs.distribution, result.distribution, rtol=0, atol=1e-6)
+    # A same-size array keeps its batched path: one more trace, whatever its size.
+    for height, width in ((20, 30), (70, 50)):
+        batch = rng.integers(0, 256, (5, height, width, 3), dtype=np.uint8)
+        as_array = loaded.predict(batch, temperature=2.0, top_k=3, full_distribution=True)
+        as_list = loaded.predict(list(batch), temperature=2.0, top_k=3, full_distribution=True)
+        np.testing.assert_array_equal(as_array.top_k_indices, as_list.top_k_indices)
+        np.testing.assert_allclose(as_array.distribution, as_list.distribution, rtol=0, atol=1e-6)
+    assert loaded.preparation_traces == 2 and loaded.compiled_step_traces == 1
+
+
+def test_an_image_without_pixels_is_named(teacher_dir):
+    with pytest.raises(teacher.TeacherError, match="image 1 has no pixels: shape \\(0, 8, 3\\)"):
+        teacher.load(teacher_dir).predict([np.zeros((4, 4, 3), np.uint8), np.zeros((0, 8, 3), np.uint8)])

@@ -14,7 +14,8 @@ import hashlib
 import html
 import json
 
-from pipeline import report_summary, report_svg
+from pipeline.report import svg
+from pipeline.report.summary import RANDOM_TEACHER_WARNING
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; color: #222; margin: 0 auto; max-width: 1200px; padding: 0 24px 48px; }
@@ -133,6 +134,7 @@ def _summary_section(summary):
                                          for label, value in cards] + ["</div>"]
     rows = [("read", "read", 0), ("rejected", "rejected", 1), ("labeled", "labeled", 1),
             ("below threshold", "below_threshold", 2), ("over class cap", "over_cap", 2), ("kept", "kept", 2),
+            ("unavailable at selection", "unavailable", 2),
             ("duplicates added for balance", "duplicates", 0), ("written", "written", 0)]
     parts.append('<div class="grid"><div><h3>Accounting</h3><table><thead><tr><th class="text">stage</th>'
                  "<th>images</th><th>of read</th><th></th></tr></thead><tbody>")
@@ -160,17 +162,17 @@ def _summary_section(summary):
 
 def _distribution_section(summary):
     minimum = summary["settings"].get("min_confidence")
-    confidence = report_svg.histogram(summary["confidence_histogram"], "Confidence of all labeled images",
+    confidence = svg.histogram(summary["confidence_histogram"], "Confidence of all labeled images",
                                       "confidence (max probability)", minimum,
                                       f"min_confidence {minimum}" if minimum is not None else "")
-    entropy = report_svg.histogram(summary["entropy_histogram"], "Entropy of all labeled images",
+    entropy = svg.histogram(summary["entropy_histogram"], "Entropy of all labeled images",
                                    "entropy (nats)")
     sweep = summary["threshold_sweep"]
     labeled = sum(summary["confidence_histogram"]["counts"])
-    chart = report_svg.line_chart(
-        [{"name": "above threshold", "color": report_svg.BLUE,
+    chart = svg.line_chart(
+        [{"name": "above threshold", "color": svg.BLUE,
           "points": [(row["min_confidence"], row["above_threshold"]) for row in sweep]},
-         {"name": "estimated kept under class cap", "color": report_svg.ORANGE,
+         {"name": "estimated kept under class cap", "color": svg.ORANGE,
           "points": [(row["min_confidence"], row["estimated_kept"]) for row in sweep]}],
         "Images kept by min_confidence", "min_confidence", "images", marker=minimum,
         marker_label="current" if minimum is not None else "")
@@ -195,10 +197,10 @@ def _holdout_section(holdout):
     sweep = holdout["sweep"]
     # Zoom to the band the curves use: accuracy differences of a few points decide the threshold.
     lowest = min([row[key] for row in sweep for key in ("accuracy", "kept_fraction") if row[key] is not None] + [1.0])
-    chart = report_svg.line_chart(
-        [{"name": "accuracy of kept", "color": report_svg.BLUE,
+    chart = svg.line_chart(
+        [{"name": "accuracy of kept", "color": svg.BLUE,
           "points": [(row["min_confidence"], row["accuracy"]) for row in sweep]},
-         {"name": "kept fraction", "color": report_svg.ORANGE,
+         {"name": "kept fraction", "color": svg.ORANGE,
           "points": [(row["min_confidence"], row["kept_fraction"]) for row in sweep]}],
         "Holdout accuracy versus kept fraction", "min_confidence", "fraction",
         y_range=(min(max(int(lowest * 10) / 10, 0.0), 0.9), 1.0),
@@ -213,14 +215,14 @@ def _holdout_section(holdout):
     return (f"<h2>Holdout calibration</h2><p class=\"sub\">Teacher run on <code>{_escape(holdout['source'])}</code> "
             f"at temperature {_escape(holdout['temperature'])}.{note}</p><div class=\"cards\">"
             + "".join(f'<div class="card"><b>{value}</b><span>{html.escape(label)}</span></div>' for label, value in cards)
-            + f'</div><div class="grid"><div>{report_svg.reliability_diagram(holdout["reliability"])}</div>'
+            + f'</div><div class="grid"><div>{svg.reliability_diagram(holdout["reliability"])}</div>'
             f"<div>{chart}</div></div><table><thead><tr><th>min_confidence</th><th>kept</th><th>kept fraction</th>"
             f"<th>accuracy of kept</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def _class_section(summary, max_chart_classes):
     rows = summary["per_class"]
-    chart = report_svg.class_chart(rows[:max_chart_classes])
+    chart = svg.class_chart(rows[:max_chart_classes])
     columns = [("class", "number"), ("name", "text"), ("labeled", "number"), ("above threshold", "number"),
                ("kept", "number"), ("duplicates", "number"), ("written", "number"), ("duplication x", "number"),
                ("mean conf.", "number"), ("p10", "number"), ("p50", "number"), ("p90", "number")]
@@ -273,7 +275,7 @@ def _examples_section(summary, examples, thumbnail_classes):
 
 
 def render(summary, examples, max_chart_classes=40, thumbnail_classes=24):
-    """The report's HTML text for a `report_summary.summarize` dict and stats.json's examples."""
+    """The report's HTML text for a `pipeline.report.summary.summarize` dict and stats.json's examples."""
     script_hash = base64.b64encode(hashlib.sha256(SORT_SCRIPT.encode("utf-8")).digest()).decode("ascii")
     policy = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
     teacher = summary["teacher"]
@@ -283,10 +285,10 @@ def render(summary, examples, max_chart_classes=40, thumbnail_classes=24):
         f"input <code>{_escape(summary['input'])}</code>" if summary.get("input") else "",
         f"output <code>{_escape(summary['labels'])}</code>"] if part)
     # A random teacher's labels are noise: said first, in a banner no one scrolls past.
-    banner = (f'<div class="banner" role="alert">WARNING: {_escape(report_summary.RANDOM_TEACHER_WARNING)}</div>'
+    banner = (f'<div class="banner" role="alert">WARNING: {_escape(RANDOM_TEACHER_WARNING)}</div>'
               if summary.get("random_teacher") else "")
     warnings = banner + "".join(f'<div class="warning">{_escape(warning)}</div>' for warning in summary["warnings"]
-                                if warning != report_summary.RANDOM_TEACHER_WARNING)
+                                if warning != RANDOM_TEACHER_WARNING)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     sections = [_summary_section(summary), _distribution_section(summary)]
     if summary.get("holdout"):

@@ -27,8 +27,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import report_summary
-from pipeline.report_summary import ReportError
+from pipeline.report.summary import MANIFEST_FILE, SCHEMA_VERSION, STATS_FILE, ReportError, join, read_json
 
 EXAMPLES_PER_CLASS = 6
 THUMBNAIL_SIDE = 64
@@ -134,7 +133,7 @@ def assemble(_, class_names, rejected_by_reason, confidence_histogram, entropy_h
     examples = {str(index): {"most_confident": as_examples(most_confident.get(index, [])),
                              "least_confident": as_examples(least_confident.get(index, []))}
                 for index in sorted(set(most_confident) | set(least_confident))}
-    return {"schema_version": report_summary.SCHEMA_VERSION, "num_classes": len(class_names),
+    return {"schema_version": SCHEMA_VERSION, "num_classes": len(class_names),
             "class_names": list(class_names), "confidence_histogram": confidence_histogram,
             "entropy_histogram": entropy_histogram, "per_class": per_class, "examples": examples,
             "rejected_by_reason": rejected_by_reason, "recomputed_from_records": True, "recompute_notes": NOTES}
@@ -168,15 +167,15 @@ def _matches(pattern):
 
 def recompute(labels, beam_args=(), teacher_path=None, num_classes=None, examples_per_class=EXAMPLES_PER_CLASS):
     """Runs the Beam job that writes LABELS/stats.json from LABELS/train-*.tfrecord; returns the stats."""
-    manifest = report_summary.read_json(report_summary.join(labels, report_summary.MANIFEST_FILE), required=False)
+    manifest = read_json(join(labels, MANIFEST_FILE), required=False)
     class_names = class_names_for(manifest, teacher_path, num_classes)
-    records_pattern = report_summary.join(labels, "train-*.tfrecord")
+    records_pattern = join(labels, "train-*.tfrecord")
     if not _matches(records_pattern):
         raise ReportError(f"--recompute: no records match {records_pattern}.")
-    rejected_files = _matches(report_summary.join(labels, "rejected-*.jsonl"))
+    rejected_files = _matches(join(labels, "rejected-*.jsonl"))
     confidence_edges = [round(step / 100, 2) for step in range(101)]
     entropy_edges = [math.log(len(class_names)) * step / 50 for step in range(51)]
-    stats_path = report_summary.join(labels, report_summary.STATS_FILE)
+    stats_path = join(labels, STATS_FILE)
     with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
         records = (pipeline | "ReadRecords" >> beam.io.ReadFromTFRecord(records_pattern)
                    | "Parse" >> beam.Map(parse_record))
@@ -202,7 +201,7 @@ def recompute(labels, beam_args=(), teacher_path=None, num_classes=None, example
                 "rejected_by_reason") or {})])
         else:
             rejected = (pipeline | "ReadRejected" >> beam.io.ReadFromText(
-                report_summary.join(labels, "rejected-*.jsonl"))
+                join(labels, "rejected-*.jsonl"))
                 | "Reason" >> beam.Map(lambda line: json.loads(line).get("reason", "unknown"))
                 | "CountReasons" >> beam.combiners.Count.PerElement()
                 | "ReasonsAsDict" >> beam.combiners.ToDict())
@@ -213,4 +212,4 @@ def recompute(labels, beam_args=(), teacher_path=None, num_classes=None, example
              beam.pvalue.AsDict(class_counts), beam.pvalue.AsDict(quantiles), beam.pvalue.AsDict(most_confident),
              beam.pvalue.AsDict(least_confident))
          | "WriteStats" >> beam.Map(write_json, stats_path))
-    return report_summary.read_json(stats_path)
+    return read_json(stats_path)

@@ -12,7 +12,7 @@ import os
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.report_summary import SWEEP_THRESHOLDS, ReportError
+from pipeline.report.summary import SWEEP_THRESHOLDS, ReportError
 
 CALIBRATION_BINS = 15
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")

@@ -15,7 +15,8 @@ from apache_beam.io.filesystems import FileSystems
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 STATS_FILE = "stats.json"
-COUNT_NAMES = ("read", "rejected", "labeled", "below_threshold", "over_cap", "kept", "duplicates", "written")
+COUNT_NAMES = ("read", "rejected", "labeled", "below_threshold", "over_cap", "kept", "unavailable", "duplicates",
+               "written")
 SWEEP_THRESHOLDS = tuple(round(0.05 * step, 2) for step in range(20)) + (0.99,)
 QUANTILE_LEVELS = tuple(step / 10 for step in range(11))
 RANDOM_TEACHER_WARNING = ("labels come from a randomly initialised teacher: they are noise "
@@ -154,7 +155,8 @@ def accounting_problems(counts):
     """Which of the contract's accounting identities do not hold (empty when they all do)."""
     if any(counts.get(name) is None for name in COUNT_NAMES):
         return []
-    identities = [("read", ("rejected", "labeled")), ("labeled", ("below_threshold", "over_cap", "kept")),
+    identities = [("read", ("rejected", "labeled")),
+                  ("labeled", ("below_threshold", "over_cap", "kept", "unavailable")),
                   ("written", ("kept", "duplicates"))]
     problems = []
     for total, parts in identities:
@@ -187,6 +189,8 @@ def summarize(labels, manifest, stats, holdout=None):
         found = holdout_by_class.get(row["class"], {})
         row["holdout_images"], row["holdout_accuracy"] = found.get("images", 0), found.get("accuracy")
     counts = {name: (manifest.get("counts") or {}).get(name) for name in COUNT_NAMES}
+    if counts["unavailable"] is None and counts["read"] is not None:
+        counts["unavailable"] = 0  # a run labeled before selection fetched bytes again had none
     for name in ("kept", "duplicates", "written"):
         if counts[name] is None:
             counts[name] = sum(row.get(name) or 0 for row in per_class)
@@ -240,7 +244,8 @@ def format_text(summary, worst_classes=10):
                         sorted(summary["rejected_by_reason"].items(), key=lambda item: -item[1]))
     accounting = [("read", "read", 0), ("rejected", "rejected", 1), ("labeled", "labeled", 1),
                   ("below threshold", "below_threshold", 2), ("over class cap", "over_cap", 2),
-                  ("kept", "kept", 2), ("duplicates", "duplicates", 0), ("written", "written", 0)]
+                  ("kept", "kept", 2), ("unavailable at selection", "unavailable", 2), ("duplicates", "duplicates", 0),
+                  ("written", "written", 0)]
     lines.append("")
     for label, key, depth in accounting:
         suffix = f"   ({reasons})" if key == "rejected" and reasons else ""

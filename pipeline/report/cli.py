@@ -22,8 +22,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models import cli
-from pipeline import beam_flags, report_html, report_summary
-from pipeline.report_summary import ReportError
+from pipeline import beam_flags
+from pipeline.report import html
+from pipeline.report.summary import (MANIFEST_FILE, STATS_FILE, ReportError, format_text, join, printable, read_run,
+                                     summarize)
 
 PROG = "pipeline.report"
 FORMATS = ("html", "text", "json")
@@ -75,42 +77,41 @@ def build_report(labels, output=None, output_format="html", holdout=None, holdou
     # Beam flags configure its filesystems too (gs:// project, impersonation, GCS client
     # options), so the manifest and stats reads below honour them, not only --recompute's job.
     FileSystems.set_options(PipelineOptions(list(beam_args)))
-    manifest, stats = report_summary.read_run(labels)
+    manifest, stats = read_run(labels)
     if recompute and stats is not None:
         # The job's stats know what the records cannot (rejected, below threshold, over cap).
-        raise ReportUsageError(f"--recompute: {report_summary.join(labels, report_summary.STATS_FILE)} exists, and the "
-                          "job's own stats know more than the records do; delete it first to replace it.")
+        raise ReportUsageError(f"--recompute: {join(labels, STATS_FILE)} exists, and the job's own stats know "
+                               "more than the records do; delete it first to replace it.")
     if recompute:
-        from pipeline import report_recompute  # deferred: Beam's job graph is built only when asked
+        from pipeline.report.recompute import recompute as recompute_stats  # deferred: Beam's job graph is built only when asked
 
-        stats = report_recompute.recompute(labels, beam_args, teacher_path, num_classes)
+        stats = recompute_stats(labels, beam_args, teacher_path, num_classes)
     if stats is None:
-        marker = "" if manifest else f" nor {report_summary.MANIFEST_FILE} (is it a labeling job's OUT_DIR?)"
-        raise ReportError(f"--labels={labels} has no {report_summary.STATS_FILE}{marker}; pass --recompute to "
+        marker = "" if manifest else f" nor {MANIFEST_FILE} (is it a labeling job's OUT_DIR?)"
+        raise ReportError(f"--labels={labels} has no {STATS_FILE}{marker}; pass --recompute to "
                           "compute it from the train-*.tfrecord records with a Beam job.")
     holdout_metrics = None
     if holdout:
-        from pipeline import report_holdout  # deferred: TensorFlow loads only for a holdout
+        from pipeline.report.holdout import evaluate  # deferred: TensorFlow loads only for a holdout
 
         settings = (manifest or {}).get("settings") or {}
         path = teacher_path or ((manifest or {}).get("teacher") or {}).get("path")
         if not path:
             raise ReportUsageError("--holdout needs a teacher: manifest.json names none, so pass "
                                    "--teacher=TEACHER_DIR.")
-        holdout_metrics = report_holdout.evaluate(path, holdout, float(settings.get("temperature") or 1.0),
-                                                  int(settings.get("top_k") or 5), settings.get("min_confidence"),
-                                                  holdout_limit)
-    summary = report_summary.summarize(labels, manifest, stats, holdout_metrics)
+        holdout_metrics = evaluate(path, holdout, float(settings.get("temperature") or 1.0),
+                                   int(settings.get("top_k") or 5), settings.get("min_confidence"), holdout_limit)
+    summary = summarize(labels, manifest, stats, holdout_metrics)
     if output:
-        page = report_html.render(summary, stats.get("examples") or {}, chart_classes, thumbnail_classes)
+        page = html.render(summary, stats.get("examples") or {}, chart_classes, thumbnail_classes)
         with FileSystems.create(output) as handle:
             handle.write(page.encode("utf-8"))
     if output_format == "json":
         text = json.dumps(summary, indent=1, allow_nan=False) + "\n"
     else:
-        text = report_summary.format_text(summary)
+        text = format_text(summary)
         if output:
-            text += f"\nreport written to {report_summary.printable(output)}\n"
+            text += f"\nreport written to {printable(output)}\n"
     return summary, text
 
 
