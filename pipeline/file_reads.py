@@ -86,11 +86,16 @@ def open_local(path):
     return handle
 
 
-def _read_bounded(handle, max_bytes):
-    """At most max_bytes + 1 bytes of `handle` (one more than allowed says it is too long)."""
+def _read_bounded(handle, max_bytes, size_hint=None):
+    """At most max_bytes + 1 bytes of `handle` (one more than allowed says it is too long).
+
+    `size_hint` (the file's size, when known) sizes the first read: a read of n bytes allocates
+    n bytes first, and an 8 MB allocation per small image costs more than reading it."""
     chunks, total = [], 0
+    step = _READ_CHUNK if size_hint is None else min(_READ_CHUNK, size_hint + 1)
     while total <= max_bytes:
-        chunk = handle.read(min(_READ_CHUNK, max_bytes + 1 - total))
+        chunk = handle.read(min(step, max_bytes + 1 - total))
+        step = _READ_CHUNK
         if not chunk:
             break
         chunks.append(chunk)
@@ -118,7 +123,7 @@ def read_file(uri, max_bytes, size=None):
             if size > max_bytes:
                 raise InputRejected(_too_large(size, max_bytes))
         try:
-            data = _read_bounded(handle, max_bytes)
+            data = _read_bounded(handle, max_bytes, size)
         except Exception as error:
             raise InputRejected(f"unreadable: {type(error).__name__}: {error}") from error
     if len(data) > max_bytes:
