@@ -46,6 +46,10 @@ class TeacherModelHandler(base.ModelHandler):
         self._strategy = strategy
         self._tpu = tpu
 
+    @property
+    def strategy(self):
+        return self._strategy
+
     def load_model(self):
         import teacher  # deferred: workers import TensorFlow only when they load the model
         from teacher import devices

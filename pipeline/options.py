@@ -103,8 +103,9 @@ def define_flags():
     flags.DEFINE_integer("images_per_prediction_shard", defaults.images_per_prediction_shard,
                          "Image files per prediction shard: the unit of work, and what a killed run loses at "
                          "most per worker thread (a TFRecord file or TFDS range is a shard of its own).", **f)
-    flags.DEFINE_integer("decode_threads", defaults.decode_threads, "Threads reading and decoding per worker "
-                         "process (0: the CPU count).", **f)
+    flags.DEFINE_integer("decode_threads", defaults.decode_threads, "Threads reading and decoding ahead of "
+                         "the teacher per worker process (0: the CPU count with a GPU/TPU teacher, none with a CPU "
+                         "teacher, whose own threads use the cores).", **f)
     flags.DEFINE_integer("fetch_threads", defaults.fetch_threads, "Parallel reads per train shard writer, which "
                          "fetches the selected images' bytes.", **f)
     flags.DEFINE_integer("target_shard_mb", defaults.target_shard_mb, "train-* shard size the shard count aims "
