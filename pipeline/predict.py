@@ -178,9 +178,8 @@ def _auto_decode_threads(strategy):
     """--decode_threads=0: this worker's CPU count when the teacher runs on an accelerator,
     which threads decoding ahead keep fed; none (decode in the DoFn's thread) when it runs on
     this CPU, where decode threads would only contend with TensorFlow's own threads for the
-    cores the teacher already uses (measured on a 2-core AMD EPYC, resnet_rs_50 at 160 px over
-    600 photo crops, both stages: the job at 0.74 of bare Teacher.predict decoding inline,
-    0.70 with two decode threads)."""
+    cores the teacher already uses (measured on a 2-core AMD EPYC, resnet_rs_50 at 160 px, 5,000
+    photo crops: stage 1 labeled 19 img/s with two decode threads, 34 img/s decoding inline)."""
     import tensorflow as tf
 
     accelerated = strategy in ("gpu", "tpu") or any(tf.config.list_physical_devices(kind) for kind in ("GPU", "TPU"))
