@@ -38,6 +38,49 @@ class _SplitRejections(beam.DoFn):
         yield beam.pvalue.TaggedOutput(REJECTED, entry) if isinstance(entry, Rejection) else entry
 
 
+def _read_and_select(pipeline, settings, index_run_id):
+    """The index's entries, the labeled ones, the rejection sets and `selection.Select`'s outputs."""
+    s = settings
+    entries = (pipeline
+               | "IndexDir" >> beam.Create([s.predictions_dir()])
+               | "IndexShards" >> beam.FlatMap(_shard_paths, index_run_id)
+               | "SpreadShards" >> beam.Reshuffle()
+               | "ReadIndex" >> beam.FlatMap(index.read_shard))
+    split = entries | "SplitRejections" >> beam.ParDo(_SplitRejections()).with_outputs(REJECTED, main="labeled")
+    labeled, rejection_sets = split.labeled, [split[REJECTED]]
+    if s.dedup:
+        unique = labeled | "Deduplicate" >> selection.Deduplicate()
+        labeled = unique.unique
+        rejection_sets.append(unique[selection.REJECTED])
+    return entries, labeled, rejection_sets, labeled | "Select" >> selection.Select(
+        s.min_confidence, s.per_class, s.balance)
+
+
+class _CountTrainShards(beam.PTransform):
+    """PBegin -> the train shard count (one int): --num_shards, or the selected inputs' bytes
+    (copies included) over --target_shard_mb.
+
+    It reads the index and selects a second time, rather than summing the bytes of the records
+    on their way to the writers: the writers' keying needs the count, so on the local runner
+    (FnApiRunner) a count taken from the same records would hold every selected record until
+    the sum is known. Reading the index costs a few hundred bytes per image; holding the
+    records costs memory that grows with the input."""
+
+    def __init__(self, settings, index_run_id):
+        super().__init__()
+        self._settings, self._index_run_id = settings, index_run_id
+
+    def expand(self, pbegin):
+        s = self._settings
+        if s.num_shards:
+            return pbegin | "Fixed" >> beam.Create([s.num_shards])
+        _, _, _, selected = _read_and_select(pbegin, s, self._index_run_id)
+        return (selected["written"]
+                | "SelectedBytes" >> beam.MapTuple(lambda prediction, _: prediction.input_bytes)
+                | "SumBytes" >> beam.CombineGlobally(sum)
+                | "ShardCount" >> beam.Map(write.train_shard_count, s.target_shard_mb, 0))
+
+
 def manifest_base(settings, index_document, run_id):
     """What the labeling output's manifest says besides its counts and files."""
     chosen = {k: v for k, v in index_document["settings"].items() if k not in ("teacher", "input")}
@@ -61,21 +104,10 @@ def build(pipeline, settings, index_document):
     previous = commit.manifest_fingerprint(s.output)  # the run --overwrite may replace, rechecked at commit
     source = sources.input_source(s.input, s.input_format, s.image_feature, s.data_dir, s.tfds_ranges, s.max_bytes)
     class_names = index_document["teacher"]["class_names"]
-    entries = (pipeline
-               | "IndexDir" >> beam.Create([s.predictions_dir()])
-               | "IndexShards" >> beam.FlatMap(_shard_paths, index_document["run_id"])
-               | "SpreadShards" >> beam.Reshuffle()
-               | "ReadIndex" >> beam.FlatMap(index.read_shard))
-    split = entries | "SplitRejections" >> beam.ParDo(_SplitRejections()).with_outputs(REJECTED, main="labeled")
-    labeled, rejection_sets = split.labeled, [split[REJECTED]]
-    if s.dedup:
-        unique = labeled | "Deduplicate" >> selection.Deduplicate()
-        labeled = unique.unique
-        rejection_sets.append(unique[selection.REJECTED])
-    selected = labeled | "Select" >> selection.Select(s.min_confidence, s.per_class, s.balance)
+    entries, labeled, rejection_sets, selected = _read_and_select(pipeline, s, index_document["run_id"])
+    shard_count = pipeline | "CountTrainShards" >> _CountTrainShards(s, index_document["run_id"])
     train = selected["written"] | "WriteRecords" >> write.WriteTrainShards(
-        staging, source, s.max_pixels, s.max_side, s.decode_memory_mb, s.fetch_threads, s.target_shard_mb,
-        s.num_shards)
+        staging, source, s.max_pixels, s.max_side, s.decode_memory_mb, s.fetch_threads, shard_count)
     rejected = tuple(rejection_sets) | "AllRejections" >> beam.Flatten()
     unavailable = train[write.UNAVAILABLE]
     listed = ((rejected, unavailable | "UnavailableLines" >> beam.Map(write.unavailable_rejection))

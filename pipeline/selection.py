@@ -17,6 +17,7 @@ Optional dedup of identical content (--dedup) happens first (see `Deduplicate`).
 
 import apache_beam as beam
 
+from pipeline import elements
 from pipeline.elements import Rejection
 
 OVER_CAP = "over_cap"
@@ -67,7 +68,8 @@ class _RouteBySelection(beam.DoFn):
 
     def process(self, joined):
         _, grouped = joined
-        (image,) = grouped["images"]
+        (packed,) = grouped["images"]
+        image, _ = elements.unpack(packed)
         copies = list(grouped["copies"])
         if not copies:
             self._over_cap.inc()
@@ -100,7 +102,8 @@ class Select(beam.PTransform):
                   | "RankKeys" >> beam.Map(lambda image: (image.label, (image.confidence, image.identity)))
                   | "TopPerClass" >> beam.combiners.Top.PerKey(self._per_class)
                   | "CopiesPerImage" >> beam.FlatMap(copies_per_image, self._per_class, self._balance))
-        images = above | "ByIdentity" >> beam.Map(lambda image: (image.identity, image))
+        # Packed (elements.pack says why): the join holds every above-threshold entry.
+        images = above | "ByIdentity" >> beam.Map(lambda image: (image.identity, elements.pack(image)))
         routed = ({"images": images, "copies": copies}
                   | "JoinSelection" >> beam.CoGroupByKey()
                   | "Route" >> beam.ParDo(_RouteBySelection()).with_outputs(OVER_CAP, main="written"))

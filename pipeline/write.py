@@ -5,8 +5,8 @@ identity and written in one pass, so the same inputs give byte-identical shards 
 runner and any number of workers. All shards are written, empty ones included, so the
 `-of-NNNNN` names never lie.
 
-Train shards: only (identity, index entry, copy) cross the GroupByKey, a few hundred bytes
-per record; the writer fetches each record's image bytes itself (pipeline/fetch.py: parallel
+Train shards: only the index entry and copy index cross the GroupByKey, packed into a few
+hundred bytes per record (`elements.pack`, which says why); the writer fetches each record's image bytes itself (pipeline/fetch.py: parallel
 reads, a bounded window ahead) and streams the records to the file in sorted order, so no
 image bytes cross a shuffle and no shard is ever held whole in memory. The shard count comes
 from the data: the selected inputs' bytes (copies included) over --target_shard_mb, unless
@@ -19,7 +19,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
-from pipeline import decode, fetch, records
+from pipeline import decode, elements, fetch, records
 from pipeline.elements import Rejection
 
 UNAVAILABLE = "unavailable"
@@ -30,13 +30,8 @@ def train_shard_count(total_bytes, target_mb, fixed):
     return fixed or max(1, math.ceil(total_bytes / (target_mb << 20)))
 
 
-def record_identity(written):
-    prediction, copy_index = written
-    return f"{prediction.identity}|{copy_index}"
-
-
 class _WriteTrainShard(beam.DoFn):
-    """(shard, [(identity, (Prediction, copy_index)) or None]) -> (file name, records written);
+    """(shard, [packed (Prediction, copy_index) or None]) -> (file name, records written);
     a record whose input cannot be fetched goes to UNAVAILABLE as (Prediction, copy_index, reason)."""
 
     def __init__(self, directory, source, max_pixels, max_side, decode_memory_mb, threads):
@@ -51,18 +46,19 @@ class _WriteTrainShard(beam.DoFn):
         self._memory = decode.shared_memory(self._shared_memory, self._decode_memory_mb)
 
     def _stored(self, item):
-        _, (prediction, _) = item
+        prediction, _ = item
         return fetch.stored_image(prediction, self._source, self._max_pixels, self._max_side, self._memory)
 
     def process(self, shard, num_shards):
         index, items = shard
-        ordered = sorted((item for item in items if item is not None), key=lambda item: item[0])
+        ordered = sorted(item for item in items if item is not None)  # packed: sorts by record key
+        unpacked = (elements.unpack(packed) for packed in ordered)  # one at a time, as they are fetched
         name = records.shard_name(records.TRAIN_PREFIX, index, num_shards, records.TRAIN_SUFFIX)
         count = 0
         with FileSystems.create(FileSystems.join(self._directory, name),
                                 mime_type="application/octet-stream") as handle:
-            for item, stored in fetch.fetched_in_order(ordered, self._stored, self._threads, 2 * self._threads):
-                prediction, copy_index = item[1]
+            for item, stored in fetch.fetched_in_order(unpacked, self._stored, self._threads, 2 * self._threads):
+                prediction, copy_index = item
                 if isinstance(stored, fetch.FetchFailed):
                     self._unavailable.inc()
                     yield beam.pvalue.TaggedOutput(UNAVAILABLE, (prediction, copy_index, str(stored)))
@@ -74,25 +70,24 @@ class _WriteTrainShard(beam.DoFn):
 
 
 class WriteTrainShards(beam.PTransform):
-    """(Prediction, copy_index) -> {"files": (name, count) per shard, UNAVAILABLE: ...}."""
+    """(Prediction, copy_index) -> {"files": (name, count) per shard, UNAVAILABLE: ...}.
+    `shard_count`: a PCollection of one int, computed without these records (see
+    pipeline.select's _CountTrainShards for why)."""
 
-    def __init__(self, directory, source, max_pixels, max_side, decode_memory_mb, threads, target_mb, num_shards):
+    def __init__(self, directory, source, max_pixels, max_side, decode_memory_mb, threads, shard_count):
         super().__init__()
         self._writer = _WriteTrainShard(directory, source, max_pixels, max_side, decode_memory_mb, threads)
-        self._target_mb, self._num_shards = target_mb, num_shards
+        self._shard_count = shard_count
 
     def expand(self, written):
-        target_mb, fixed = self._target_mb, self._num_shards
-        num_shards = beam.pvalue.AsSingleton(
-            written
-            | "SelectedBytes" >> beam.Map(lambda item: item[0].input_bytes)
-            | "SumBytes" >> beam.CombineGlobally(sum)
-            | "ShardCount" >> beam.Map(train_shard_count, target_mb, fixed))
+        num_shards = beam.pvalue.AsSingleton(self._shard_count)
         every_shard = (written.pipeline
                        | "One" >> beam.Create([None])
                        | "AllShards" >> beam.FlatMap(lambda _, n: [(index, None) for index in range(n)], num_shards))
-        keyed = written | "KeyByShard" >> beam.Map(
-            lambda item, n: (records.shard_of(record_identity(item), n), (record_identity(item), item)), num_shards)
+        keyed = (written
+                 | "Pack" >> beam.MapTuple(elements.pack)
+                 | "KeyByShard" >> beam.Map(
+                     lambda packed, n: (records.shard_of(elements.packed_key(packed), n), packed), num_shards))
         shards = ((keyed, every_shard)
                   | "WithEmptyShards" >> beam.Flatten()
                   | "GroupShards" >> beam.GroupByKey()
