@@ -57,7 +57,7 @@ class Prediction(NamedTuple):
 # Predictions cross selection's shuffles packed into one short bytes object. The local runner
 # (FnApiRunner) holds all the data crossing a shuffle at once, several times over (its buffers,
 # the data channel's protos, the decoded values), so memory grows with the bytes per image
-# there; a pickled Prediction is ~350 B, this packing ~150 B (a Beam coder would leave the
+# there; a pickled Prediction is ~350 B, this packing ~170 B (a Beam coder would leave the
 # runner's buffers holding decoded Python objects). The bytes start with the record's sort key
 # and a NUL, so a shard's records are ordered by sorting the bytes themselves: UTF-8 sorts as
 # the strings do, and NUL (absent from URIs) sorts a key before any longer key it prefixes.
@@ -71,15 +71,16 @@ def record_key(prediction, copy_index=0):
 
 
 def pack(prediction, copy_index=0):
-    """(Prediction, copy index) -> bytes that sort by `record_key`. Floats are kept as
-    float64, so unpacking gives back exactly the values packed."""
+    """(Prediction, copy index) -> bytes that sort by `record_key`. Floats are kept as float32,
+    as the index and the train records store them: a Prediction read from the index unpacks
+    to exactly itself."""
     p = prediction
     k = len(p.top_k_indices)
     distribution = b"" if p.distribution is None else np.asarray(p.distribution, "<f4").tobytes()
     return b"".join([
         record_key(p, copy_index).encode(), _KEY_END,
         _HEAD.pack(p.offset, p.input_bytes, k, len(distribution) // 4),
-        struct.pack(f"<{k}q{k + 2}d", *p.top_k_indices, *p.top_k_probabilities, p.confidence, p.entropy),
+        struct.pack(f"<{k}i{k + 2}f", *p.top_k_indices, *p.top_k_probabilities, p.confidence, p.entropy),
         distribution])
 
 
@@ -95,8 +96,8 @@ def unpack(packed):
     at = end + 1
     offset, input_bytes, k, length = _HEAD.unpack_from(packed, at)
     at += _HEAD.size
-    numbers = struct.unpack_from(f"<{k}q{k + 2}d", packed, at)
-    at += 8 * (2 * k + 2)
+    numbers = struct.unpack_from(f"<{k}i{k + 2}f", packed, at)
+    at += 4 * (2 * k + 2)
     distribution = np.frombuffer(packed, "<f4", length, at).astype(np.float32) if length else None
     return Prediction(key, uri, offset, input_bytes, tuple(numbers[:k]), tuple(numbers[k:2 * k]),
                       numbers[2 * k], numbers[2 * k + 1], distribution), int(copy_index)
