@@ -39,33 +39,24 @@ class _SplitRejections(beam.DoFn):
         yield beam.pvalue.TaggedOutput(REJECTED, entry) if isinstance(entry, Rejection) else entry
 
 
-def _read_and_select(pipeline, settings, index_run_id):
-    """The index's entries, the labeled ones, the rejection sets and `selection.Select`'s outputs."""
-    s = settings
-    entries = (pipeline
-               | "IndexDir" >> beam.Create([s.predictions_dir()])
-               | "IndexShards" >> beam.FlatMap(_shard_paths, index_run_id)
-               | "SpreadShards" >> beam.Reshuffle()
-               | "ReadIndex" >> beam.FlatMap(index.read_shard))
-    split = entries | "SplitRejections" >> beam.ParDo(_SplitRejections()).with_outputs(REJECTED, main="labeled")
-    labeled, rejection_sets = split.labeled, [split[REJECTED]]
-    if s.dedup:
-        unique = labeled | "Deduplicate" >> selection.Deduplicate()
-        labeled = unique.unique
-        rejection_sets.append(unique[selection.REJECTED])
-    return entries, labeled, rejection_sets, labeled | "Select" >> selection.Select(
-        s.min_confidence, s.per_class, s.balance)
+def _read_index(pbegin, settings, index_run_id):
+    """The index's entries (Prediction or Rejection), its shards spread over the workers."""
+    return (pbegin
+            | "IndexDir" >> beam.Create([settings.predictions_dir()])
+            | "IndexShards" >> beam.FlatMap(_shard_paths, index_run_id)
+            | "SpreadShards" >> beam.Reshuffle()
+            | "ReadIndex" >> beam.FlatMap(index.read_shard))
 
 
 class _CountTrainShards(beam.PTransform):
     """PBegin -> the train shard count (one int): --num_shards, or the selected inputs' bytes
     (copies included) over --target_shard_mb.
 
-    It reads the index and selects a second time, rather than summing the bytes of the records
-    on their way to the writers: the writers' keying needs the count, so on the local runner
-    (FnApiRunner) a count taken from the same records would hold every selected record until
-    the sum is known. Reading the index costs a few hundred bytes per image; holding the
-    records costs memory that grows with the input."""
+    It reads the index a second time and sums what selection keeps (selection.SelectedBytes),
+    rather than summing the records on their way to the writers: the writers' keying needs
+    the count, so on the local runner (FnApiRunner) a count taken from those records would hold
+    every one of them until the sum is known (measured: 40 MB more at 40k tiny images). A
+    second read costs a few hundred bytes of index per image."""
 
     def __init__(self, settings, index_run_id):
         super().__init__()
@@ -75,11 +66,13 @@ class _CountTrainShards(beam.PTransform):
         s = self._settings
         if s.num_shards:
             return pbegin | "Fixed" >> beam.Create([s.num_shards])
-        _, _, _, selected = _read_and_select(pbegin, s, self._index_run_id)
-        return (selected["written"]
-                | "SelectedBytes" >> beam.MapTuple(lambda prediction, _: prediction.input_bytes)
-                | "SumBytes" >> beam.CombineGlobally(sum)
-                | "ShardCount" >> beam.Map(write.train_shard_count, s.target_shard_mb, 0))
+        labeled = (_read_index(pbegin, s, self._index_run_id)
+                   | "Labeled" >> beam.Filter(lambda entry: not isinstance(entry, Rejection)))
+        if s.dedup:
+            labeled = (labeled | "Deduplicate" >> selection.Deduplicate()).unique
+        return (labeled
+                | "SelectedBytes" >> selection.SelectedBytes(s.min_confidence, s.per_class, s.balance)
+                | "ShardCount" >> beam.Map(write.train_shard_count, s.target_shard_mb))
 
 
 def manifest_base(settings, index_document, run_id):
@@ -105,7 +98,14 @@ def build(pipeline, settings, index_document):
     previous = commit.manifest_fingerprint(s.output)  # the run --overwrite may replace, rechecked at commit
     source = sources.input_source(s.input, s.input_format, s.image_feature, s.data_dir, s.tfds_ranges, s.max_bytes)
     class_names = index_document["teacher"]["class_names"]
-    entries, labeled, rejection_sets, selected = _read_and_select(pipeline, s, index_document["run_id"])
+    entries = _read_index(pipeline, s, index_document["run_id"])
+    split = entries | "SplitRejections" >> beam.ParDo(_SplitRejections()).with_outputs(REJECTED, main="labeled")
+    labeled, rejection_sets = split.labeled, [split[REJECTED]]
+    if s.dedup:
+        unique = labeled | "Deduplicate" >> selection.Deduplicate()
+        labeled = unique.unique
+        rejection_sets.append(unique[selection.REJECTED])
+    selected = labeled | "Select" >> selection.Select(s.min_confidence, s.per_class, s.balance)
     shard_count = pipeline | "CountTrainShards" >> _CountTrainShards(s, index_document["run_id"])
     train = selected["written"] | "WriteRecords" >> write.WriteTrainShards(
         staging, source, s.max_pixels, s.max_side, s.decode_memory_mb, s.fetch_threads, shard_count)

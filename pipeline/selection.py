@@ -24,17 +24,25 @@ OVER_CAP = "over_cap"
 REJECTED = "rejected"
 
 
+def copies_by_rank(count, per_class, balance):
+    """How many times each of a class's `count` kept images is written, most confident first."""
+    if balance == "duplicate" and count < per_class:
+        base, extra = divmod(per_class, count)
+        return [base + (1 if rank < extra else 0) for rank in range(count)]
+    return [1] * count
+
+
 def copies_per_image(item, per_class, balance):
     """(class, [(confidence, identity)] most confident first) -> (identity, copies) pairs."""
     _, ranked = item
-    count = len(ranked)
-    if balance == "duplicate" and count < per_class:
-        base, extra = divmod(per_class, count)
-        for rank, (_, identity) in enumerate(ranked):
-            yield identity, base + (1 if rank < extra else 0)
-    else:
-        for _, identity in ranked:
-            yield identity, 1
+    for (_, identity), copies in zip(ranked, copies_by_rank(len(ranked), per_class, balance)):
+        yield identity, copies
+
+
+def _class_bytes(item, per_class, balance):
+    """(class, [(confidence, identity, input bytes)] most confident first) -> bytes written."""
+    _, ranked = item
+    return sum(size * copies for (_, _, size), copies in zip(ranked, copies_by_rank(len(ranked), per_class, balance)))
 
 
 BELOW = "below"
@@ -108,6 +116,29 @@ class Select(beam.PTransform):
                   | "JoinSelection" >> beam.CoGroupByKey()
                   | "Route" >> beam.ParDo(_RouteBySelection()).with_outputs(OVER_CAP, main="written"))
         return {"written": routed.written, "below": below, "over_cap": routed[OVER_CAP]}
+
+
+class SelectedBytes(beam.PTransform):
+    """Prediction -> one int: the input bytes `Select` writes, copies included, decided from
+    the same per-class ranking (ties broken the same way) but without Select's join of every
+    entry to its decision, so it holds nothing per image."""
+
+    def __init__(self, min_confidence, per_class, balance):
+        super().__init__()
+        self._min_confidence, self._per_class, self._balance = min_confidence, per_class, balance
+
+    def expand(self, labeled):
+        min_confidence, per_class = self._min_confidence, self._per_class
+        above = labeled | "Threshold" >> beam.Filter(lambda image: image.confidence >= min_confidence)
+        if not per_class:
+            sizes = above | "InputBytes" >> beam.Map(lambda image: image.input_bytes)
+        else:
+            sizes = (above
+                     | "RankKeys" >> beam.Map(
+                         lambda image: (image.label, (image.confidence, image.identity, image.input_bytes)))
+                     | "TopPerClass" >> beam.combiners.Top.PerKey(per_class)
+                     | "BytesPerClass" >> beam.Map(_class_bytes, per_class, self._balance))
+        return sizes | "Sum" >> beam.CombineGlobally(sum)
 
 
 class _FirstUriWins(beam.DoFn):

@@ -5,12 +5,14 @@ identity and written in one pass, so the same inputs give byte-identical shards 
 runner and any number of workers. All shards are written, empty ones included, so the
 `-of-NNNNN` names never lie.
 
-Train shards: only the index entry and copy index cross the GroupByKey, packed into a few
-hundred bytes per record (`elements.pack`, which says why); the writer fetches each record's image bytes itself (pipeline/fetch.py: parallel
-reads, a bounded window ahead) and streams the records to the file in sorted order, so no
-image bytes cross a shuffle and no shard is ever held whole in memory. The shard count comes
-from the data: the selected inputs' bytes (copies included) over --target_shard_mb, unless
---num_shards fixes it. Rejection lines are small and are written as they are grouped.
+Train shards: only the index entry and copy index cross the GroupByKey, packed into about
+170 bytes per record (`elements.pack`, which says why); the writer fetches each record's
+image bytes itself (pipeline/fetch.py: parallel reads, a bounded window ahead) and streams
+the records to the file in sorted order, so no image bytes cross a shuffle and no shard is
+ever held whole in memory. The shard count comes from the data: the selected inputs' bytes
+(copies included) over --target_shard_mb, unless --num_shards fixes it; pipeline.select
+computes it in a pass of its own (its _CountTrainShards says why). Rejection lines are small
+and are written as they are grouped.
 """
 
 import math
@@ -25,9 +27,9 @@ from pipeline.elements import Rejection
 UNAVAILABLE = "unavailable"
 
 
-def train_shard_count(total_bytes, target_mb, fixed):
-    """--num_shards when set, else enough shards of about --target_shard_mb each."""
-    return fixed or max(1, math.ceil(total_bytes / (target_mb << 20)))
+def train_shard_count(total_bytes, target_mb):
+    """Enough shards of about --target_shard_mb each (--num_shards, when set, replaces this)."""
+    return max(1, math.ceil(total_bytes / (target_mb << 20)))
 
 
 class _WriteTrainShard(beam.DoFn):

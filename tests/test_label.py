@@ -206,7 +206,7 @@ def test_list_file_and_tfrecord_sources(photo_folder, tiny_teacher, tmp_path):
     assert sorted(r["image/source_uri"] for r in written) == [f"{shard}#{i}" for i in range(3)]
 
 
-def test_dedup_labels_identical_content_once(photo_folder, tiny_teacher, tmp_path):
+def test_dedup_writes_identical_content_once_and_rejects_the_copies(photo_folder, tiny_teacher, tmp_path):
     folder, good, bad = photo_folder
     _label(tiny_teacher, f"{folder}/*", tmp_path / "dedup", "--min_confidence=0", "--dedup")
     manifest, written, rejected = _read_run(tmp_path / "dedup")

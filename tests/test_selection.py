@@ -43,6 +43,9 @@ def test_select(per_class, balance, written, over_cap):
     assert_that(indices, equal_to([(key, list(range(count))) for key, count in written.items()]), label="Indices")
     assert_that(selected["over_cap"] | "OverCap" >> name, equal_to(over_cap), label="OverCap")
     assert_that(selected["below"] | "Below" >> name, equal_to(["low"]), label="Below")
+    # The train shard count's pass: the same bytes as Select writes (100 per image and copy).
+    total = pipeline | "Again" >> beam.Create(IMAGES) | selection.SelectedBytes(0.3, per_class, balance)
+    assert_that(total, equal_to([100 * sum(written.values())]), label="SelectedBytes")
     pipeline.run()
 
 
