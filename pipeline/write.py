@@ -32,6 +32,12 @@ def train_shard_count(total_bytes, target_mb):
     return max(1, math.ceil(total_bytes / (target_mb << 20)))
 
 
+def _grouped_by_shard(keyed, every_shard):
+    """(shard, item) and (shard, None) for every shard -> (shard, items and one None): every
+    shard gets a group, so an empty shard is written too."""
+    return (keyed, every_shard) | "WithEmptyShards" >> beam.Flatten() | "GroupShards" >> beam.GroupByKey()
+
+
 class _WriteTrainShard(beam.DoFn):
     """(shard, [packed (Prediction, copy_index) or None]) -> (file name, records written);
     a record whose input cannot be fetched goes to UNAVAILABLE as (Prediction, copy_index, reason)."""
@@ -90,9 +96,7 @@ class WriteTrainShards(beam.PTransform):
                  | "Pack" >> beam.MapTuple(elements.pack)
                  | "KeyByShard" >> beam.Map(
                      lambda packed, n: (records.shard_of(elements.packed_key(packed), n), packed), num_shards))
-        shards = ((keyed, every_shard)
-                  | "WithEmptyShards" >> beam.Flatten()
-                  | "GroupShards" >> beam.GroupByKey()
+        shards = (_grouped_by_shard(keyed, every_shard)
                   | "WriteShard" >> beam.ParDo(self._writer, num_shards).with_outputs(UNAVAILABLE, main="files"))
         return {"files": shards.files, UNAVAILABLE: shards[UNAVAILABLE]}
 
@@ -130,7 +134,5 @@ class WriteRejections(beam.PTransform):
             return records.shard_of(f"{rejection.uri}|{rejection.stage}|{rejection.reason}", n), line
 
         every_shard = rejections.pipeline | "AllShards" >> beam.Create([(index, None) for index in range(n)])
-        return (((rejections | "Serialize" >> beam.Map(keyed)), every_shard)
-                | "WithEmptyShards" >> beam.Flatten()
-                | "GroupShards" >> beam.GroupByKey()
+        return (_grouped_by_shard(rejections | "Serialize" >> beam.Map(keyed), every_shard)
                 | "WriteShard" >> beam.ParDo(_WriteRejectionShard(self._directory, n)))

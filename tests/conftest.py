@@ -108,3 +108,11 @@ def tiny_teacher(tmp_path_factory):
     teacher.export(model, "resnet_rs_tiny", path, class_names=TEACHER_CLASSES, random_init=True,
                    source="random-init")
     return path
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """A labeled image folder (3 classes, 4 images each) as the student trainer reads it."""
+    from test_student_fixtures import write_image_folder
+
+    return write_image_folder(str(tmp_path_factory.mktemp("data") / "images"), num_classes=3, per_class=4)
