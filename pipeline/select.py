@@ -48,6 +48,18 @@ def _read_index(pbegin, settings, index_run_id):
             | "ReadIndex" >> beam.FlatMap(index.read_shard))
 
 
+def _labeled(entries, settings):
+    """Index entries -> (the predictions selection chooses from, [rejection PCollections]):
+    the index's rejections, and under --dedup the copies of identical content."""
+    split = entries | "SplitRejections" >> beam.ParDo(_SplitRejections()).with_outputs(REJECTED, main="labeled")
+    labeled, rejection_sets = split.labeled, [split[REJECTED]]
+    if settings.dedup:
+        unique = labeled | "Deduplicate" >> selection.Deduplicate()
+        labeled = unique.unique
+        rejection_sets.append(unique[selection.REJECTED])
+    return labeled, rejection_sets
+
+
 class _CountTrainShards(beam.PTransform):
     """PBegin -> the train shard count (one int): --num_shards, or the selected inputs' bytes
     (copies included) over --target_shard_mb.
@@ -66,10 +78,7 @@ class _CountTrainShards(beam.PTransform):
         s = self._settings
         if s.num_shards:
             return pbegin | "Fixed" >> beam.Create([s.num_shards])
-        labeled = (_read_index(pbegin, s, self._index_run_id)
-                   | "Labeled" >> beam.Filter(lambda entry: not isinstance(entry, Rejection)))
-        if s.dedup:
-            labeled = (labeled | "Deduplicate" >> selection.Deduplicate()).unique
+        labeled, _ = _labeled(_read_index(pbegin, s, self._index_run_id), s)
         return (labeled
                 | "SelectedBytes" >> selection.SelectedBytes(s.min_confidence, s.per_class, s.balance)
                 | "ShardCount" >> beam.Map(write.train_shard_count, s.target_shard_mb))
@@ -99,12 +108,7 @@ def build(pipeline, settings, index_document):
     source = sources.input_source(s.input, s.input_format, s.image_feature, s.data_dir, s.tfds_ranges, s.max_bytes)
     class_names = index_document["teacher"]["class_names"]
     entries = _read_index(pipeline, s, index_document["run_id"])
-    split = entries | "SplitRejections" >> beam.ParDo(_SplitRejections()).with_outputs(REJECTED, main="labeled")
-    labeled, rejection_sets = split.labeled, [split[REJECTED]]
-    if s.dedup:
-        unique = labeled | "Deduplicate" >> selection.Deduplicate()
-        labeled = unique.unique
-        rejection_sets.append(unique[selection.REJECTED])
+    labeled, rejection_sets = _labeled(entries, s)
     selected = labeled | "Select" >> selection.Select(s.min_confidence, s.per_class, s.balance)
     shard_count = pipeline | "CountTrainShards" >> _CountTrainShards(s, index_document["run_id"])
     train = selected["written"] | "WriteRecords" >> write.WriteTrainShards(
@@ -140,14 +144,16 @@ def pipeline_options(beam_args):
 
 def run_pipeline(pipeline_options, add, test_pipeline=None):
     """Builds (`add(pipeline)`), runs and waits for one job. Returns the PipelineResult."""
-    runner = None
-    if pipeline_options.view_as(StandardOptions).runner == "FnApiRunner":
-        # State-backed iterables: a group (a train shard's records) reaches the writer in pages
-        # read through the state API, not as one element copied whole through each of the
-        # runner's buffers. Measured on 100k tiny images: stage 2's peak RSS grew 81 MB over
-        # 10k images with them, 125 MB without.
-        runner = fn_runner.FnApiRunner(use_state_iterables=True)
-    pipeline = test_pipeline or beam.Pipeline(runner=runner, options=pipeline_options)
+    pipeline = test_pipeline
+    if pipeline is None:
+        runner = None
+        if pipeline_options.view_as(StandardOptions).runner == "FnApiRunner":
+            # State-backed iterables: a group (a train shard's records) reaches the writer in
+            # pages read through the state API, not as one element copied whole through each of
+            # the runner's buffers. Measured on 100k tiny images: stage 2's peak RSS grew 81 MB
+            # over 10k images with them, 125 MB without.
+            runner = fn_runner.FnApiRunner(use_state_iterables=True)
+        pipeline = beam.Pipeline(runner=runner, options=pipeline_options)
     add(pipeline)
     result = pipeline.run()
     if not pipeline_options.view_as(TestOptions).dry_run:  # DataflowRunner builds, does not submit

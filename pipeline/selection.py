@@ -129,6 +129,7 @@ class SelectedBytes(beam.PTransform):
 
     def expand(self, labeled):
         min_confidence, per_class = self._min_confidence, self._per_class
+        # The same test as Select's _Threshold, without its counters: they would count twice.
         above = labeled | "Threshold" >> beam.Filter(lambda image: image.confidence >= min_confidence)
         if not per_class:
             sizes = above | "InputBytes" >> beam.Map(lambda image: image.input_bytes)
