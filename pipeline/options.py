@@ -33,6 +33,9 @@ SELECTION_FIELDS = ("min_confidence", "per_class", "balance", "dedup", "max_side
 # The rest change no output: where things go, permissions (the manifest's teacher.random_init
 # says what matters), parallelism and what is printed.
 SELECT_FLAGS = ("predictions", "output", "overwrite", "fetch_threads", *SELECTION_FIELDS)
+# Stage 2's worker overrides, used when pipeline.label submits both stages to Dataflow.
+SELECT_WORKER_FLAGS = ("select_machine_type", "select_container_image")
+TEACHER_SHARING = ("auto", "machine", "process")
 
 
 class UsageError(cli.UsageError):
@@ -57,7 +60,8 @@ class LabelSettings:
     full_distribution: bool = False
     predictions: str = None  # default: OUT_DIR/predictions
     images_per_prediction_shard: int = 10_000
-    decode_threads: int = 0  # 0: the machine's CPU count
+    decode_threads: int = 0  # 0: from the cores and processes of the worker (pipeline/workers.py)
+    read_threads: int = 64
     fetch_threads: int = 16
     target_shard_mb: int = 256
     max_side: int = 0
@@ -71,6 +75,10 @@ class LabelSettings:
     jit_compile: str = "auto"
     teacher_strategy: str = "auto"
     tpu: str = None
+    teacher_sharing: str = "auto"
+    stand_in_device_ms: float = 0.0
+    select_machine_type: str = "n2-standard-16"
+    select_container_image: str = None
     thumbnails_per_class: int = 4
     overwrite: bool = False
     allow_random_teacher: bool = False
@@ -106,6 +114,10 @@ def define_flags():
     flags.DEFINE_integer("decode_threads", defaults.decode_threads, "Threads reading and decoding ahead of "
                          "the teacher per worker process (0: the CPU count with a GPU/TPU teacher, none with a CPU "
                          "teacher, whose own threads use the cores).", **f)
+    flags.DEFINE_integer("read_threads", defaults.read_threads, "Reads in flight per worker process (I/O "
+                         "threads, independent of the CPU count: enough to keep an accelerator fed from a bucket) "
+                         "in stage 1, which reads ahead of decoding (stage 2: --fetch_threads per shard writer).",
+                         **f)
     flags.DEFINE_integer("fetch_threads", defaults.fetch_threads, "Parallel reads per train shard writer, which "
                          "fetches the selected images' bytes.", **f)
     flags.DEFINE_integer("target_shard_mb", defaults.target_shard_mb, "train-* shard size the shard count aims "
@@ -140,13 +152,27 @@ def define_flags():
     flags.DEFINE_integer("rejected_shards", defaults.rejected_shards, "rejected-* shards.", **f)
     flags.DEFINE_integer("max_batch_size", defaults.max_batch_size, "Inference batch (the teacher's compiled "
                          "size).", **f)
-    flags.DEFINE_enum("precision", defaults.precision, ["float32", "bfloat16"], "Teacher compute precision.", **f)
+    flags.DEFINE_enum("precision", defaults.precision, ["float32", "bfloat16", "float16"], "Teacher compute "
+                      "precision: bfloat16 on TPUs and GPUs that have it (A100, L4, H100), float16 on GPUs that "
+                      "do not (T4, V100).", **f)
     flags.DEFINE_enum("jit_compile", defaults.jit_compile, ["auto", "xla", "graph"],
                       "Teacher compile mode. auto: XLA on GPU/TPU; on a CPU the faster of XLA and TF's graph "
                       "executor, measured when each worker loads the teacher.", **f)
     flags.DEFINE_enum("teacher_strategy", defaults.teacher_strategy, ["auto", "cpu", "gpu", "tpu"],
                       "tf.distribute strategy of the teacher on each worker.", **f)
     flags.DEFINE_string("tpu", None, "TPU name for --teacher_strategy=tpu ('local' on a TPU VM worker).", **f)
+    flags.DEFINE_enum("teacher_sharing", defaults.teacher_sharing, TEACHER_SHARING, "Teacher copies per worker "
+                      "VM. machine: one, in a process every SDK process of the VM calls (Beam's "
+                      "MultiProcessShared); process: one per SDK process. auto: machine with --teacher_strategy="
+                      "gpu|tpu or a GPU/TPU on the worker, else process.", **f)
+    flags.DEFINE_float("stand_in_device_ms", defaults.stand_in_device_ms, "Capacity planning and tests: the "
+                       "teacher also holds a simulated device this many ms per batch, one batch at a time, so a "
+                       "run measures whether this host would keep a chip of that speed fed (labels unchanged).",
+                       **f)
+    flags.DEFINE_string("select_machine_type", defaults.select_machine_type, "Dataflow: worker machine type of "
+                        "stage 2 (selection needs no accelerator) when stage 1 runs on accelerator workers.", **f)
+    flags.DEFINE_string("select_container_image", None, "Dataflow: SDK container image of stage 2 (default: "
+                        "stage 1's --sdk_container_image; the GPU/TPU images also run on CPU workers).", **f)
     flags.DEFINE_integer("thumbnails_per_class", defaults.thumbnails_per_class,
                          "Most and least confident examples per class kept for the report.", **f)
     flags.DEFINE_bool("overwrite", False, "Replace a committed run in --output (atomically, at commit).", **f)
@@ -168,8 +194,10 @@ GROUPS = (
     ("Selection", ["min_confidence", "per_class", "balance", "dedup"]),
     ("Output", ["output", "overwrite", "num_shards", "target_shard_mb", "rejected_shards", "max_side",
                 "thumbnails_per_class"]),
-    ("Runtime", ["teacher_strategy", "tpu", "precision", "jit_compile", "max_batch_size", "decode_threads",
-                 "fetch_threads", "progress_every_s", cli.TF_LOGS]),
+    ("Runtime", ["teacher_strategy", "tpu", "teacher_sharing", "precision", "jit_compile", "max_batch_size",
+                 "read_threads", "decode_threads", "fetch_threads", "stand_in_device_ms", "progress_every_s",
+                 cli.TF_LOGS]),
+    ("Dataflow", list(SELECT_WORKER_FLAGS)),
 )
 
 
@@ -244,7 +272,9 @@ def validate(settings, num_classes):
         (0 < s.max_bytes < 1 << 31, f"--max_bytes={s.max_bytes} must be between 1 and {(1 << 31) - 1}"),
         (s.max_batch_size >= 1, f"--max_batch_size={s.max_batch_size} must be >= 1"),
         (s.images_per_prediction_shard >= 1, "--images_per_prediction_shard must be >= 1"),
-        (s.decode_threads >= 0, "--decode_threads must be >= 0 (0: the CPU count)"),
+        (s.decode_threads >= 0, "--decode_threads must be >= 0 (0: from the worker's cores and processes)"),
+        (s.read_threads >= 1, f"--read_threads={s.read_threads} must be >= 1"),
+        (s.stand_in_device_ms >= 0, f"--stand_in_device_ms={s.stand_in_device_ms} must be >= 0"),
         (s.tfds_ranges >= 1, "--tfds_ranges must be >= 1"),
         (not (s.tpu and s.teacher_strategy not in ("auto", "tpu")),
          f"--tpu={s.tpu} contradicts --teacher_strategy={s.teacher_strategy}"),
