@@ -12,7 +12,14 @@
     the smallest to the largest (goal: within +15%);
 (e) the labeling job's CPU from the same runs: per run, and the marginal CPU ms per image
     between the smallest and largest sizes, start-up excluded (goal <= 2 ms), with the
-    cores a local run kept busy.
+    cores a local run kept busy;
+(f) 2,000 image reads with 64 threads: from local disk, and from gs:// (a GCS emulator on
+    loopback) through Beam's FileSystems.open per image (the old path) and through one shared
+    storage client (the new one); images/s, CPU ms and requests per image
+    (benchmarks/storage_reads.py).
+(g) the labeling job's images/s against a stand-in device's own rate (a teacher that also
+    holds a simulated chip 50 ms per batch of 16, one batch at a time): whether the host keeps
+    an accelerator fed (goal >= 0.95; benchmarks/stand_in_device.py).
 How (a), (d) and (e) are measured: benchmarks/label_job.py. Ratios compare two sides
 measured in the same run; absolute numbers depend on the machine and on what else runs on
 it. Prints a table and writes every number to a JSON file.
@@ -26,7 +33,7 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import models  # noqa: E402
-from benchmarks import label_job, student_throughput  # noqa: E402
+from benchmarks import label_job, stand_in_device, storage_reads, student_throughput  # noqa: E402
 from models import hardware, profiling  # noqa: E402
 
 
@@ -79,6 +86,8 @@ def main():
         runs = label_job.job_resources(label_job.parse_sizes(args.memory_sizes), workdir)
     results["labeling_memory"] = label_job.memory_summary(runs)
     results["labeling_cpu"] = label_job.cpu_summary(runs)
+    results["storage_reads"] = storage_reads.run()
+    results["stand_in_device"] = stand_in_device.measure()
 
     job, forward, student = results["labeling_job"], results["forward"], results["student"]
     isa = ", ".join(flag for flag, present in cpu["flags"].items() if present) or "none of " + ", ".join(cpu["flags"])
@@ -94,6 +103,10 @@ def main():
     print(f"{'(c) student training, real input vs synthetic, resnet_rs_small':<58}"
           f"{student['real_images_per_s']:>9.1f} vs {student['synthetic_images_per_s']:.1f} img/s = {student['ratio']:.2f}")
     for figure, measured in label_job.resource_rows(results["labeling_memory"], results["labeling_cpu"]):
+        print(_row(figure, measured))
+    for figure, measured in storage_reads.rows(results["storage_reads"]):
+        print(_row(figure, measured))
+    for figure, measured in stand_in_device.rows(results["stand_in_device"]):
         print(_row(figure, measured))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as handle:

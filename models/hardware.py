@@ -1,4 +1,5 @@
-"""What this machine is, and which TF compile mode runs a model fastest on it.
+"""What this machine is, whether a precision is fast on the device that computes with it, and
+which TF compile mode runs a model fastest on it.
 
 Machines of one kind differ (Intel CPUs with AVX-512/AMX, AMD EPYC with AVX2 only or with
 AVX-512 BF16), and which of XLA:CPU or TF's graph executor (oneDNN kernels) is faster
@@ -23,6 +24,8 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+PRECISIONS = ("float32", "bfloat16", "float16")
+DEVICE_KINDS = ("CPU", "GPU", "TPU")
 JIT_CHOICES = ("auto", "xla", "graph")
 
 
@@ -48,16 +51,76 @@ def has_accelerator():
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
-def has_bfloat16_units():
-    """Whether bfloat16 math has hardware support here (an accelerator, AVX512-BF16 or AMX)."""
-    flags = cpu_info()["flags"]
-    return has_accelerator() or flags["avx512_bf16"] or flags["amx_bf16"]
+def precision_warning(precision, device_kind, compute_capability=None, cpu=None):
+    """Why `precision` is slow on the device that computes with it, or None when it is not.
+
+    `device_kind`: "CPU", "GPU" or "TPU". `compute_capability`: (major, minor) of the GPU
+    (None: unknown, no warning). `cpu`: `cpu_info()` of the CPU. Pure, so every case is
+    tested without the device: bfloat16 units start at compute capability 8.0 (A100, L4,
+    H100; a T4 is 7.5, a V100 7.0) and float16 tensor cores at 7.0; TPUs compute in
+    bfloat16 and have no float16 units; a CPU has bfloat16 units only with AVX512-BF16 or
+    AMX, and TensorFlow runs float16 on a CPU through float32 conversions.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {PRECISIONS}.")
+    if device_kind not in DEVICE_KINDS:
+        raise ValueError(f"device_kind={device_kind!r}: expected one of {DEVICE_KINDS}.")
+    if precision == "float32":
+        return None
+    if device_kind == "TPU":
+        return None if precision == "bfloat16" else (
+            "--precision=float16 on a TPU: TPUs have no float16 units (it is emulated); use --precision=bfloat16, "
+            "which TPUs compute natively.")
+    if device_kind == "GPU":
+        if compute_capability is None:
+            return None
+        needed = (8, 0) if precision == "bfloat16" else (7, 0)
+        if tuple(compute_capability) >= needed:
+            return None
+        found = ".".join(str(part) for part in compute_capability)
+        if precision == "bfloat16":
+            return (f"--precision=bfloat16 on a GPU of compute capability {found}: bfloat16 units start at 8.0 "
+                    "(A100, L4, H100), so it is emulated and slower than float32; use --precision=float16 "
+                    "(T4, V100) or float32.")
+        return (f"--precision=float16 on a GPU of compute capability {found}: float16 tensor cores start at 7.0 "
+                "(V100, T4), so it gives no speed-up; float32 is as fast and more exact.")
+    cpu = cpu or {"model": "a CPU", "flags": {}}
+    if precision == "float16":
+        return (f"--precision=float16 on a CPU ({cpu['model']}) is emulated through float32 and slower than "
+                "float32; use float32 (float16 is for GPUs).")
+    flags = cpu["flags"]
+    if flags.get("avx512_bf16") or flags.get("amx_bf16"):
+        return None
+    return (f"--precision=bfloat16 on a CPU without bfloat16 units ({cpu['model']}: no avx512_bf16, no amx_bf16) "
+            "is emulated and gives no speed-up; float32 is as fast and more exact.")
 
 
-def warn_if_bfloat16_is_emulated(precision, who):
-    if precision == "bfloat16" and not has_bfloat16_units():
-        log.warning("%s: --precision=bfloat16 on a CPU without bfloat16 units (%s: no avx512_bf16, no amx_bf16) "
-                    "is emulated and gives no speed-up; float32 is as fast and more exact.", who, cpu_info()["model"])
+def strategy_device(strategy=None):
+    """(device kind, compute capability or None) of the devices that run `strategy`'s replicas
+    (default: the current strategy). With GPUs of several kinds, the lowest capability."""
+    strategy = strategy or tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "TPU", None
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy places ops on the first GPU when there is one
+        devices = [device.name for device in tf.config.list_logical_devices("GPU")[:1]] or ["CPU"]
+    if not any("GPU" in device.upper() for device in devices):
+        return "CPU", None
+    capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability")
+                    for gpu in tf.config.list_physical_devices("GPU")]
+    known = [capability for capability in capabilities if capability]
+    return "GPU", min(known) if known else None
+
+
+def warn_if_precision_is_slow(precision, who, strategy=None):
+    """Logs `precision_warning` for the device that runs `strategy` (default: the current one)."""
+    device_kind, compute_capability = strategy_device(strategy)
+    warning = precision_warning(precision, device_kind, compute_capability,
+                                cpu_info() if device_kind == "CPU" else None)
+    if warning:
+        log.warning("%s: %s", who, warning)
+
 
 
 def parse_jit_compile(value):

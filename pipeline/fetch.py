@@ -22,6 +22,13 @@ class FetchFailed(Exception):
 
 
 def _tfrecord_bytes(uri, offset, source):
+    """The image of the record at byte `offset` of a TFRecord file.
+
+    Image files (read_file) go through pipeline.storage's shared client, one GET each; this
+    stays on Beam's reader: the index knows where the frame starts but not its length (its
+    `input_bytes` are the image's, not the Example's around it), so one bounded ranged GET
+    could not be sized exactly without a second request for the frame's header. So a TFRecord
+    fetch from gs:// still pays Beam's per-open client and metadata request."""
     import tensorflow as tf
 
     path = uri.rsplit("#", 1)[0]

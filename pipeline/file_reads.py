@@ -1,6 +1,7 @@
 """Guarded reads of single input files: refuse, before reading, what must not be read.
 
-Used by pipeline.sources (ReadImages) for image files, listed URIs and TFRecord files:
+Used by pipeline.sources (ReadImages) for image files, listed URIs and TFRecord files, and
+by pipeline.fetch (stage 2) for image files:
   - an image file over --max_bytes is refused from the size the listing already has
     (`too_large`), and every read is bounded (at most --max_bytes + 1 bytes), since a size
     can lie (/proc files, a file growing while it is read);
@@ -9,6 +10,8 @@ Used by pipeline.sources (ReadImages) for image files, listed URIs and TFRecord 
     on the opened descriptor (`not_a_regular_file`);
   - entries a local listing cannot stat (dangling or looping symlinks, which Beam's listing
     drops silently) and matches that fail become reasons (`unreadable`, `match_failed`).
+gs:// image files are read through pipeline.storage (one client per process, one ranged GET
+per object); other schemes through Beam's FileSystems.
 """
 
 import os
@@ -17,6 +20,8 @@ import stat
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from pipeline import storage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 GLOB_CHARACTERS = "*?["
@@ -107,10 +112,30 @@ def read_file(uri, max_bytes, size=None):
     """The bytes of one file, at most `max_bytes` of them; raises InputRejected saying why not.
 
     `size` is what the listing said (None when unknown): a file it puts over `max_bytes` is
-    refused without being opened. Local paths must be regular files (see `open_local`).
+    refused without being opened. Local paths must be regular files (see `open_local`); a gs://
+    object is one GET of at most max_bytes + 1 bytes (see pipeline.storage).
     """
     if size is not None and size > max_bytes:
         raise InputRejected(_too_large(size, max_bytes))
+    if uri.startswith("gs://"):
+        data = _read_object(uri, max_bytes)
+    else:
+        data, size = _read_opened(uri, max_bytes, size)
+    if len(data) > max_bytes:
+        said = f"; its size said {size} bytes" if size is not None else ""
+        raise InputRejected(f"too_large: more than --max_bytes={max_bytes} bytes read{said} (the read stopped there)")
+    return data
+
+
+def _read_object(uri, max_bytes):
+    try:
+        return storage.read_bounded(uri, max_bytes)
+    except Exception as error:  # missing, permission, network (after the client's retries): say which
+        raise InputRejected(f"unreadable: {type(error).__name__}: {error}") from error
+
+
+def _read_opened(uri, max_bytes, size):
+    """(at most max_bytes + 1 bytes, the size known) of a local file or a Beam FileSystems URI."""
     try:
         handle = open_local(uri) if is_local(uri) else open_uri(uri)
     except InputRejected:
@@ -123,13 +148,9 @@ def read_file(uri, max_bytes, size=None):
             if size > max_bytes:
                 raise InputRejected(_too_large(size, max_bytes))
         try:
-            data = _read_bounded(handle, max_bytes, size)
+            return _read_bounded(handle, max_bytes, size), size
         except Exception as error:
             raise InputRejected(f"unreadable: {type(error).__name__}: {error}") from error
-    if len(data) > max_bytes:
-        said = f"; its size said {size} bytes" if size is not None else ""
-        raise InputRejected(f"too_large: more than --max_bytes={max_bytes} bytes read{said} (the read stopped there)")
-    return data
 
 
 def _unstattable_local_entries(pattern, listed):

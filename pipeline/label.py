@@ -16,6 +16,7 @@ Two stages, run one after the other (on Dataflow: two jobs):
 """
 
 import sys
+import uuid
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -23,7 +24,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import TestOptions
 
 from models import cli
-from pipeline import beam_flags, index, inference, options, predict, progress, select, sources
+from pipeline import (beam_flags, dataflow_stages, index, inference, options, predict, progress, select, sources,
+                      workers)
 from pipeline.options import UsageError
 from teacher import metadata as teacher_metadata
 
@@ -57,10 +59,13 @@ def build_predict(pipeline, settings, document):
     handler = inference.TeacherModelHandler(
         s.teacher, top_k=s.top_k, temperature=s.temperature, full_distribution=s.full_distribution,
         max_batch_size=s.max_batch_size, precision=s.precision, jit_compile=s.jit_compile,
-        strategy=s.teacher_strategy, tpu=s.tpu)
+        strategy=s.teacher_strategy, tpu=s.tpu, sharing=s.teacher_sharing,
+        processes=workers.processes_per_machine(pipeline.options), job_id=uuid.uuid4().hex,
+        stand_in_device_ms=s.stand_in_device_ms)
     source = sources.input_source(s.input, s.input_format, s.image_feature, s.data_dir, s.tfds_ranges, s.max_bytes)
     stage = predict.Predict(s.predictions_dir(), document["run_id"], document, source, handler, s.max_pixels,
-                            s.decode_memory_mb, s.max_batch_size, s.images_per_prediction_shard, s.decode_threads)
+                            s.decode_memory_mb, s.max_batch_size, s.images_per_prediction_shard, s.read_threads,
+                            s.decode_threads)
     committed = pipeline | "Predict" >> stage
     if s.progress_every_s:  # images done / found, as Beam counters; printed while a local run works
         progress.track(s.progress_every_s, pipeline.runner, stage.listing.found, stage.progress, committed)
@@ -68,7 +73,8 @@ def build_predict(pipeline, settings, document):
 
 
 class Results(NamedTuple):
-    """The PipelineResults of the two stages."""
+    """The PipelineResults of the two stages (on a DataflowRunner --dry_run, each holds its built
+    job: `.job.options` are the options that job was given)."""
 
     predict: object
     select: object
@@ -90,6 +96,10 @@ def run(argv=None, test_pipeline=None, select_test_pipeline=None):
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     settings, beam_args = options.parse(argv)
+    try:
+        beam_args = dataflow_stages.predict_args(beam_args)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     opts = select.pipeline_options(beam_args)
     FileSystems.set_options(opts)  # the checks below read gs:// with the job's credentials
     meta = _teacher_metadata(settings.teacher)
@@ -102,6 +112,15 @@ def run(argv=None, test_pipeline=None, select_test_pipeline=None):
         raise UsageError(f"{settings.predictions_dir()} holds the prediction index of another teacher, input or "
                          "prediction settings; pass --overwrite to replace it, or --predictions=DIR for another "
                          "place (python -m pipeline.select re-selects from an index without the teacher).")
+    # Its own options object even when the args are equal: submitting stage 1 to Dataflow
+    # writes its job name and staging paths into the options it was given.
+    select_args = dataflow_stages.select_args(beam_args, settings.select_machine_type,
+                                              settings.select_container_image)
+    select_opts = select.pipeline_options(select_args)
+    if select_args != beam_args:
+        sys.stderr.write(f"{options.PROG}: stage 2 (selection) uses no accelerator, so its job runs on CPU "
+                         f"workers: {dataflow_stages.describe_workers(select_opts)} (flags --select_machine_type, "
+                         "--select_container_image).\n")
     # Stage 1 always runs: over a complete index of the same settings it lists the inputs again
     # and recomputes only shards whose inputs changed (none, usually; new files, if added).
     predicted = select.run_pipeline(opts, lambda pipeline: build_predict(pipeline, settings, document), test_pipeline)
@@ -109,8 +128,9 @@ def run(argv=None, test_pipeline=None, select_test_pipeline=None):
     if index.read_index(settings.predictions_dir()) is None and not opts.view_as(TestOptions).dry_run:
         raise RuntimeError(f"stage 1 ended without an index in {settings.predictions_dir()}: its job has not "
                            "finished (a runner that does not block?); run python -m pipeline.select once it has.")
-    return Results(predicted, select.run_pipeline(
-        opts, lambda pipeline: select.build(pipeline, settings, document), select_test_pipeline))
+    selected = select.run_pipeline(select_opts, lambda pipeline: select.build(pipeline, settings, document),
+                                   select_test_pipeline)
+    return Results(predicted, selected)
 
 
 def _check_random_teacher(settings, meta):
@@ -135,8 +155,12 @@ def main():
     if beam_flags.HELP_FLAG in argv:
         beam_flags.print_help(options.PROG)
         return
-    settings, _ = cli.run_main(options.PROG, lambda: options.parse(argv))
+    settings, beam_args = cli.run_main(options.PROG, lambda: options.parse(argv))
     results = cli.run_main(options.PROG, lambda: run(argv))
+    if dataflow_stages.built_not_submitted(select.pipeline_options(beam_args)):  # no metrics, no output yet
+        for title, result in (("stage 1, inference", results.predict), ("stage 2, selection", results.select)):
+            print("\n".join(dataflow_stages.dry_run_lines(title, result)))
+        return
     select.print_summary(settings.output)
     if results.select is not None:
         print(f"teacher compile mode (batches per mode): {teacher_compile_modes(results) or 'not reported'}")

@@ -22,7 +22,7 @@ import collections
 import concurrent.futures
 import json
 import math
-import os
+import time
 import uuid
 
 import apache_beam as beam
@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
 from pipeline import decode, index, inference, records, sources
-from pipeline.elements import Prediction, Rejection
+from pipeline.elements import Candidate, Prediction, Rejection
 
 PROGRESS = "progress"
 
@@ -46,13 +46,25 @@ class _PredictShard(beam.DoFn):
     shard published in `directory`.
 
     Side output PROGRESS: ("labeled" | "rejected", count) as images finish (pipeline/progress.py).
+
+    Three kinds of work overlap, so that an accelerator never waits on the host:
+      reads     --read_threads in flight (I/O: independent of the CPU count);
+      decodes   in --decode_threads (default: the process's share of the cores) with a teacher on a
+                device; in the DoFn's thread with a CPU teacher, whose own threads use the cores
+                (measured on a 2-core AMD EPYC, resnet_rs_50 at 160 px, 5,000 photo crops: stage 1
+                labeled 19 img/s with two decode threads, 34 img/s decoding inline);
+      batches   with a teacher on a device, two in flight from this process (`_IN_FLIGHT`): while
+                the device runs one, the host prepares the next and converts the last.
+    The entries' order in the shard does not depend on any of this (`_entries`).
     """
 
-    def __init__(self, directory, run_id, source, handler, max_pixels, decode_memory_mb, batch_size, threads):
+    def __init__(self, directory, run_id, source, handler, max_pixels, decode_memory_mb, batch_size, read_threads,
+                 decode_threads):
         self._directory, self._run_id, self._source = directory, run_id, source
-        self._handler, self._batch_size, self._threads = handler, batch_size, threads
+        self._handler, self._batch_size = handler, batch_size
+        self._read_threads, self._decode_threads = read_threads, decode_threads
         self._max_pixels, self._decode_memory_mb = max_pixels, decode_memory_mb
-        self._shared_model, self._shared_memory = shared.Shared(), shared.Shared()
+        self._shared_model, self._shared_memory, self._shared_pools = shared.Shared(), shared.Shared(), shared.Shared()
         self._computed = beam.metrics.Metrics.counter("PredictShards", "shards_computed")
         self._resumed = beam.metrics.Metrics.counter("PredictShards", "shards_resumed")
         self._decoded = beam.metrics.Metrics.counter("Decode", "decoded")
@@ -60,17 +72,27 @@ class _PredictShard(beam.DoFn):
         self._rejected = {stage: beam.metrics.Metrics.counter(namespace, "rejected")
                           for stage, namespace in (("read", "ReadImages"), ("decode", "Decode"))}
         self._non_finite = beam.metrics.Metrics.counter("Label", "non_finite_prediction")
+        # When batches went to the teacher and came back (ms since the epoch): min and max over
+        # every process give the span in which the teacher was fed (benchmarks/stand_in_device.py).
+        self._batch_sent = beam.metrics.Metrics.distribution("Label", "batch_sent_ms")
+        self._batch_done = beam.metrics.Metrics.distribution("Label", "batch_done_ms")
 
     def setup(self):
         self._memory = decode.shared_memory(self._shared_memory, self._decode_memory_mb)
-        threads = self._threads or _auto_decode_threads(self._handler.strategy)
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads else None
-        self._window = 2 * self._batch_size + threads
-        self._model = None  # loaded by the first shard that needs it: a finished run's rerun never loads it
+        on_device = self._handler.on_device()
+        if on_device:
+            from teacher import devices
 
-    def teardown(self):
-        if self._pool:
-            self._pool.shutdown(wait=False)
+            # A process that is not the teacher's and still touches the GPU takes only what it uses.
+            devices.enable_gpu_memory_growth()
+        decode_threads = self._decode_threads or (self._handler.cpu_threads() if on_device else 0)
+        sizes = (self._read_threads, decode_threads, _IN_FLIGHT if on_device else 0)
+        # One set of pools per process, whatever number of bundles (DoFn instances) it runs at once.
+        pools = self._shared_pools.acquire(lambda: _Pools(*sizes), tag=f"pools-{sizes}")
+        self._pools, self._reads, self._decodes, self._inference = pools, pools.reads, pools.decodes, pools.inference
+        # Reads in flight, plus the batches decoded ahead of the teacher.
+        self._window = self._read_threads + 2 * self._batch_size
+        self._model = None  # loaded by the first shard that needs it: a finished run's rerun never loads it
 
     def process(self, item, num_shards):
         shard, units = item
@@ -85,6 +107,10 @@ class _PredictShard(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(PROGRESS, (kind, count))
             yield name, dict(counts)
             return
+        if self._model is None:
+            # Before this process reads anything: the machine's teacher, where it is hosted here,
+            # is the first user of the device.
+            self._model = self._handler.acquire(self._shared_model)
         temp = FileSystems.join(self._directory, f"_tmp-{uuid.uuid4().hex}-{name}")
         counts = collections.Counter()
         with FileSystems.create(temp, mime_type="application/octet-stream") as handle:
@@ -98,10 +124,13 @@ class _PredictShard(beam.DoFn):
         self._computed.inc()
         yield name, dict(counts)
 
-    def _load(self, unit):
-        """A file unit -> (Candidate, pixels) or Rejection; runs in the pool."""
+    def _read(self, unit):
+        """A file unit -> Candidate or Rejection, then its decode: in the decode pool (a Future)
+        when there is one, else done later in the DoFn's thread. Runs in the read pool."""
         read = sources.read_image_file(unit[1], unit[2], self._source.max_bytes)
-        return read if isinstance(read, Rejection) else self._decode(read)
+        if isinstance(read, Rejection) or not self._decodes:
+            return read
+        return self._decodes.submit(self._decode, read)
 
     def _decode(self, candidate):
         try:
@@ -111,47 +140,70 @@ class _PredictShard(beam.DoFn):
             return Rejection(candidate.uri, str(rejection), "decode")
         return candidate._replace(data=(decode.content_key(candidate.data), len(candidate.data))), pixels
 
+    def _settle(self, pending):
+        """A read or decode in flight -> (Candidate with (key, size) as data, pixels) or Rejection."""
+        done = _result(_result(pending))
+        return self._decode(done) if isinstance(done, Candidate) else done  # a Candidate: read, not decoded
+
     def _decoded_in_order(self, units):
         """Yields (Candidate with (key, size) as data, pixels) or Rejection, in unit order, with
-        at most a few batches read and decoded ahead."""
+        at most `_window` units read or decoded ahead."""
         window = collections.deque()
         limit = self._window
-        submit = self._pool.submit if self._pool else _now
         for unit in units:
             if unit[0] == "file":
-                window.append(submit(self._load, unit))
-            else:
+                window.append(self._reads.submit(self._read, unit))
+            else:  # a TFRecord file or TFDS range: read as a stream in this thread
                 for read in sources.read_unit(unit, self._source):
-                    window.append(read if isinstance(read, Rejection) else submit(self._decode, read))
+                    window.append(read if isinstance(read, Rejection) or not self._decodes
+                                  else self._decodes.submit(self._decode, read))
                     while len(window) > limit:
-                        yield _result(window.popleft())
+                        yield self._settle(window.popleft())
             while len(window) > limit:
-                yield _result(window.popleft())
+                yield self._settle(window.popleft())
         while window:
-            yield _result(window.popleft())
+            yield self._settle(window.popleft())
 
     def _entries(self, units):
-        """Yields (serialized index entry, progress or None), deterministic for given units."""
-        batch = []
+        """Yields (serialized index entry, progress or None), in an order fixed by the units
+        alone: rejections and labeled batches queue in input order, and the queue is emptied
+        from its front, however many batches are in flight."""
+        queue, batch = collections.deque(), []
+        in_flight = _IN_FLIGHT if self._inference else 0
         for done in self._decoded_in_order(units):
             if isinstance(done, Rejection):
                 self._rejected[done.stage].inc()
-                yield index.rejection_entry(done), ("rejected", 1)
-                continue
-            self._decoded.inc()
-            batch.append(done)
-            if len(batch) == self._batch_size:
-                yield from self._label(batch)
-                batch = []
+                queue.append([(index.rejection_entry(done), ("rejected", 1))])
+            else:
+                self._decoded.inc()
+                batch.append(done)
+                if len(batch) == self._batch_size:
+                    queue.append(self._send(batch))
+                    batch = []
+            yield from self._drain(queue, in_flight)
         if batch:
-            yield from self._label(batch)
+            queue.append(self._send(batch))
+        yield from self._drain(queue, 0)
 
-    def _label(self, batch):
-        if self._model is None:
-            self._model = self._shared_model.acquire(self._handler.load_model, tag=self._handler.cache_tag())
-        labels = self._handler.run_inference([pixels for _, pixels in batch], self._model)
+    def _send(self, batch):
+        """A batch to the teacher: a Future in the inference pool, or (no pool) its labels now."""
+        self._batch_sent.update(int(time.time() * 1000))
+        pixels = [pixels for _, pixels in batch]
+        if self._inference:
+            return batch, self._inference.submit(self._handler.label, pixels, self._model)
+        return batch, self._handler.label(pixels, self._model)
+
+    def _drain(self, queue, in_flight):
+        """Yields the queue's entries from its front, leaving at most `in_flight` batches pending."""
+        while queue and (isinstance(queue[0], list) or sum(isinstance(item, tuple) for item in queue) > in_flight):
+            item = queue.popleft()
+            yield from item if isinstance(item, list) else self._labeled(*item)
+
+    def _labeled(self, batch, labels):
+        labels = _result(labels)
+        self._batch_done.update(int(time.time() * 1000))
         labeled = 0
-        for (candidate, _), label in zip(batch, labels):
+        for (candidate, _), label in zip(batch, self._handler.label_dicts(labels)):
             (key, size) = candidate.data
             prediction = Prediction(key, candidate.uri, candidate.offset, size, **label)
             problems = inference.non_finite_fields(prediction)
@@ -165,25 +217,24 @@ class _PredictShard(beam.DoFn):
             yield b"", ("labeled", labeled)  # an empty entry is never written (see process)
 
 
+# Batches each process keeps in flight to a teacher on a device: one running, one ready.
+_IN_FLIGHT = 2
+
+
+class _Pools:
+    """A process's thread pools: reads, decodes (none: in the DoFn's thread) and batches in
+    flight to the teacher (none: labeled in the DoFn's thread). Threads end with the pools."""
+
+    def __init__(self, reads, decodes, in_flight):
+        def pool(threads, name):
+            return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=name) if threads else None
+
+        self.reads, self.decodes, self.inference = pool(reads, "read"), pool(decodes, "decode"), \
+            pool(in_flight, "teacher")
+
+
 def _result(pending):
     return pending.result() if isinstance(pending, concurrent.futures.Future) else pending
-
-
-def _now(function, *args):
-    """What the pool's submit would return, computed in this thread (no decode threads)."""
-    return function(*args)
-
-
-def _auto_decode_threads(strategy):
-    """--decode_threads=0: this worker's CPU count when the teacher runs on an accelerator,
-    which threads decoding ahead keep fed; none (decode in the DoFn's thread) when it runs on
-    this CPU, where decode threads would only contend with TensorFlow's own threads for the
-    cores the teacher already uses (measured on a 2-core AMD EPYC, resnet_rs_50 at 160 px, 5,000
-    photo crops: stage 1 labeled 19 img/s with two decode threads, 34 img/s decoding inline)."""
-    import tensorflow as tf
-
-    accelerated = strategy in ("gpu", "tpu") or any(tf.config.list_physical_devices(kind) for kind in ("GPU", "TPU"))
-    return (os.cpu_count() or 1) if accelerated else 0
 
 
 class _CommitIndex(beam.DoFn):
@@ -208,12 +259,13 @@ class Predict(beam.PTransform):
     """pbegin -> the committed index document (one element); progress in `self.progress`."""
 
     def __init__(self, directory, run_id, index_base, source, handler, max_pixels, decode_memory_mb, batch_size,
-                 images_per_shard, threads):
+                 images_per_shard, read_threads, decode_threads):
         super().__init__()
         self._directory, self._run_id, self._index_base = directory, run_id, index_base
         self._source, self._handler = source, handler
         self._max_pixels, self._decode_memory_mb = max_pixels, decode_memory_mb
-        self._batch_size, self._images_per_shard, self._threads = batch_size, images_per_shard, threads
+        self._batch_size, self._images_per_shard = batch_size, images_per_shard
+        self._read_threads, self._decode_threads = read_threads, decode_threads
         self.listing = sources.ListUnits(source)
         self.progress = None
 
@@ -230,7 +282,8 @@ class Predict(beam.PTransform):
                      | "GroupUnitsByShard" >> beam.GroupByKey()
                      | "PredictShards" >> beam.ParDo(
                          _PredictShard(self._directory, self._run_id, self._source, self._handler, self._max_pixels,
-                                       self._decode_memory_mb, self._batch_size, self._threads),
+                                       self._decode_memory_mb, self._batch_size, self._read_threads,
+                                       self._decode_threads),
                          num_shards).with_outputs(PROGRESS, main="names"))
         self.progress = predicted[PROGRESS]
         return (predicted.names

@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 
 from models import cli
-from pipeline import beam_flags, commit, index, options, records, selection, sources, stats, write
+from pipeline import beam_flags, commit, dataflow_stages, index, options, records, selection, sources, stats, write
 from pipeline.elements import Rejection
 from pipeline.options import UsageError
 
@@ -192,8 +192,11 @@ def main():
     if beam_flags.HELP_FLAG in argv:
         beam_flags.print_help(options.SELECT_PROG)
         return
-    given, _ = cli.run_main(options.SELECT_PROG, lambda: options.parse(argv, prog=options.SELECT_PROG))
-    cli.run_main(options.SELECT_PROG, lambda: run(argv))
+    given, beam_args = cli.run_main(options.SELECT_PROG, lambda: options.parse(argv, prog=options.SELECT_PROG))
+    result = cli.run_main(options.SELECT_PROG, lambda: run(argv))
+    if dataflow_stages.built_not_submitted(pipeline_options(beam_args)):
+        print("\n".join(dataflow_stages.dry_run_lines("selection", result)))
+        return
     print_summary(given.output)
 
 

@@ -70,7 +70,7 @@ class Trainer:
             config.model_dir, f"{CHECKPOINT_DIR}-worker-{worker_id}")
         self.manager = tf.train.CheckpointManager(self.checkpoint, save_directory,
                                                   max_to_keep=config.keep_checkpoints)
-        hardware.warn_if_bfloat16_is_emulated(config.precision, "student")
+        hardware.warn_if_precision_is_slow(config.precision, "student", strategy)
         jit_compile = hardware.parse_jit_compile(config.jit_compile)
         self.compile_timings = {}
         if jit_compile is None:

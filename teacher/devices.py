@@ -26,3 +26,14 @@ def make_strategy(kind="auto", tpu=None):
             raise ValueError("--strategy=gpu but TensorFlow sees no GPU on this machine.")
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def enable_gpu_memory_growth():
+    """GPU memory taken as needed rather than nearly all of it at the first op, so a process
+    that only probes the GPU, or a second one, does not starve the teacher. Possible only
+    before TensorFlow's runtime starts; after that the GPUs keep their setting."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            return

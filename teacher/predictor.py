@@ -11,6 +11,7 @@ fixed batch is split evenly over replicas.
 import dataclasses
 import os
 import threading
+import time
 
 import keras
 import numpy as np
@@ -21,7 +22,9 @@ from models import hardware, preprocessing
 from teacher import metadata as metadata_lib
 from teacher.metadata import TeacherError
 
-PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16"}
+# Keras dtype policies: the mixed ones compute in 16 bits and keep float32 variables (the
+# exported weights load unchanged); the logits layer and soft_labels stay float32 under both.
+PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 _PACK_BYTES = 64 << 20  # the most pixel bytes copied into one packed preparation call
 
 
@@ -108,8 +111,16 @@ def _groups(items, size):
 class Teacher:
     """A loaded teacher. Use `load(path)` rather than constructing one directly."""
 
-    def __init__(self, path, batch_size=64, precision="float32", strategy=None, jit_compile=None):
-        """`jit_compile`: None or "auto" (see `_compile_step`), True/"xla" or False/"graph"."""
+    def __init__(self, path, batch_size=64, precision="float32", strategy=None, jit_compile=None,
+                 stand_in_device_s=0.0):
+        """`jit_compile`: None or "auto" (see `_compile_step`), True/"xla" or False/"graph".
+
+        `stand_in_device_s` > 0 models an accelerator for capacity planning and tests: each
+        batch also holds a simulated device for that long, one batch at a time (`_on_device`),
+        while preparation and the conversion of results run outside it, as they would beside
+        a real chip. Labels are unchanged."""
+        self._stand_in_device_s = stand_in_device_s
+        self._device_lock, self._device_free_at = threading.Lock(), 0.0
         if precision not in PRECISIONS:
             raise TeacherError(f"precision={precision!r}: expected one of {sorted(PRECISIONS)}.")
         self.path = path
@@ -131,7 +142,7 @@ class Teacher:
         else:
             raise TeacherError(f"{path} is not a teacher directory: no {metadata_lib.METADATA_FILE} and no "
                                "saved_model.pb (write one with `python -m teacher.export`).")
-        hardware.warn_if_bfloat16_is_emulated(precision, f"teacher {path}")
+        hardware.warn_if_precision_is_slow(precision, f"teacher {path}", self.strategy)
         self.compile_mode, self.compile_timings = "saved_model", {}
         try:
             jit_compile = hardware.parse_jit_compile(jit_compile)
@@ -285,9 +296,25 @@ class Teacher:
             per_replica = self.strategy.experimental_distribute_values_from_function(
                 lambda context, chunk=chunk: tf.split(chunk, context.num_replicas_in_sync)[
                     context.replica_id_in_sync_group])
-            outputs = self._distributed_step(per_replica, temperature, top_k)
+            outputs = self._on_device(per_replica, temperature, top_k)
             parts.append({k: v[:valid].numpy() for k, v in outputs.items()})
         return _collect(parts, full_distribution)
+
+    def _on_device(self, per_replica, temperature, top_k):
+        """One batch's step. Callers on several threads overlap their preparation and result
+        conversion with each other's steps (the labeling job keeps two batches in flight)."""
+        if not self._stand_in_device_s:
+            return self._distributed_step(per_replica, temperature, top_k)
+        # The stand-in is a device with a queue, as a chip behind TensorFlow's runtime is: a
+        # batch is queued when its thread reaches this call, starts when the device is free,
+        # and holds it for the stand-in's time. So the device idles only when no batch was
+        # queued in time, never because a thread woke late. The step's own compute runs beside.
+        with self._device_lock:
+            start = max(time.perf_counter(), self._device_free_at)
+            self._device_free_at = finish = start + self._stand_in_device_s
+        outputs = self._distributed_step(per_replica, temperature, top_k)
+        time.sleep(max(0.0, finish - time.perf_counter()))
+        return outputs
 
     def _predict_saved_model(self, images, temperature, top_k, full_distribution):
         parts = []
@@ -323,14 +350,14 @@ _CACHE = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load(path, batch_size=64, precision="float32", strategy=None, jit_compile=None):
+def load(path, batch_size=64, precision="float32", strategy=None, jit_compile=None, stand_in_device_s=0.0):
     """The `Teacher` at `path`, loaded once per process for each set of options."""
     try:  # "auto" and None, "xla" and True, ... are one teacher: load (and measure) it once
         mode = hardware.parse_jit_compile(jit_compile)
     except ValueError:
         mode = jit_compile  # Teacher raises the clear error
-    key = (path, batch_size, precision, id(strategy), mode)
+    key = (path, batch_size, precision, id(strategy), mode, stand_in_device_s)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = Teacher(path, batch_size, precision, strategy, jit_compile)
+            _CACHE[key] = Teacher(path, batch_size, precision, strategy, jit_compile, stand_in_device_s)
         return _CACHE[key]

@@ -1,4 +1,5 @@
-"""Shared test set-up: quiet TensorFlow; real photos and bad files; a tiny exported teacher."""
+"""Shared test set-up: quiet TensorFlow; real photos and bad files; a tiny exported teacher; a GCS
+emulator on loopback."""
 
 import os
 import struct
@@ -116,3 +117,26 @@ def image_folder(tmp_path_factory):
     from test_student_fixtures import write_image_folder
 
     return write_image_folder(str(tmp_path_factory.mktemp("data") / "images"), num_classes=3, per_class=4)
+
+
+@pytest.fixture(scope="module")
+def gcs_emulator(request, tmp_path_factory):
+    """A GCS emulator holding one bucket, named by the test module's BUCKET (else "test-bucket"),
+    with STORAGE_EMULATOR_HOST pointing at it: Beam's gs:// filesystem and google-cloud-storage
+    (anonymous credentials there) both honour it, and worker subprocesses inherit it."""
+    from benchmarks.gcs_emulator import GcsEmulator
+
+    emulator = GcsEmulator(str(tmp_path_factory.mktemp("gcs_emulator")), getattr(request.module, "BUCKET", "test-bucket"))
+    patch = pytest.MonkeyPatch()
+    patch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+    # Beam looks for Google credentials before its first gs:// access and, finding none here,
+    # retries with backoff for ~25 s before it connects anonymously; the emulator needs none,
+    # so start this process from "looked, found none". (pipeline.storage's client needs no
+    # lookup: google-cloud-storage is anonymous under STORAGE_EMULATOR_HOST.)
+    from apache_beam.internal.gcp import auth
+
+    patch.setattr(auth._Credentials, "_credentials_init", True)
+    patch.setattr(auth._Credentials, "_credentials", None)
+    yield emulator
+    patch.undo()
+    emulator.stop()

@@ -1,6 +1,6 @@
 """pipeline.commit: publishing survives a failure at any file operation, retries are
 idempotent, and two jobs writing one OUT_DIR never mix, on local disk and on gs:// (the GCS
-emulator of test_label_gcs).
+emulator of tests/conftest.py).
 
 The Commit DoFn is driven directly, as Beam would (a retry runs `process` again on the same
 element); its file operations go through `pipeline.commit.FileSystems`, which the tests
@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 import test_label_gcs
 from pipeline import commit, label, options, records, select
 
-gcs_emulator = test_label_gcs.gcs_emulator  # the same emulator fixture, started for this module
+BUCKET = test_label_gcs.BUCKET  # the bucket conftest's gcs_emulator fixture creates for this module
 RUN_ID = "0123456789abcdef"  # two jobs with identical settings share it
 CLASS_NAMES = ["a", "b"]
 
@@ -193,7 +193,7 @@ def out_root(request, tmp_path):
     """A factory of fresh OUT_DIRs on local disk or on the GCS emulator."""
     if request.param == "gs":
         request.getfixturevalue("gcs_emulator")
-        base = f"gs://{test_label_gcs.BUCKET}/{request.node.name.replace('[', '-').rstrip(']')}"
+        base = f"gs://{BUCKET}/{request.node.name.replace('[', '-').rstrip(']')}"
     else:
         base = str(tmp_path)
     counter = iter(range(10 ** 6))

@@ -6,53 +6,10 @@ own reads, shard writes, renames and manifest commit all go through the emulator
 """
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
-
-import pytest
 
 from pipeline import label, records, select
 
-BUCKET = "labeling-test"
-
-
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs_emulator():
-    executable = shutil.which("gcp-storage-emulator") or [sys.executable, "-m", "gcp_storage_emulator"]
-    port = _free_port()
-    command = ([executable] if isinstance(executable, str) else executable) + [
-        "start", "--host=127.0.0.1", f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        server.kill()
-        pytest.fail("the GCS emulator did not start")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    # Beam looks for Google credentials with ~25 s of retries before it connects anonymously;
-    # the emulator needs none, so start from "looked, found none".
-    from apache_beam.internal.gcp import auth
-    patch.setattr(auth._Credentials, "_credentials_init", True)
-    patch.setattr(auth._Credentials, "_credentials", None)
-    yield f"http://127.0.0.1:{port}"
-    patch.undo()
-    server.terminate()
-    server.wait(timeout=10)
+BUCKET = "labeling-test"  # the bucket conftest's gcs_emulator creates
 
 
 def test_gs_input_and_output(gcs_emulator, photo_folder, tiny_teacher):

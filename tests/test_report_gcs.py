@@ -2,11 +2,6 @@
 emulator server on loopback (Beam's gs:// filesystem honours STORAGE_EMULATOR_HOST)."""
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -14,43 +9,14 @@ from pipeline.report import cli as report
 from test_report import write_synthetic_run
 from test_report_recompute import write_records
 
-BUCKET = "report-test"
+BUCKET = "report-test"  # the bucket conftest's gcs_emulator creates
 
 
 @pytest.fixture(scope="module")
-def bucket():
-    executable = shutil.which("gcp-storage-emulator")
-    command = [executable] if executable else [sys.executable, "-m", "gcp_storage_emulator"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(command + ["start", "--host=127.0.0.1", f"--port={port}", "--in-memory",
-                                         f"--default-bucket={BUCKET}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                server.kill()
-                pytest.fail("the GCS emulator did not start")
-            time.sleep(0.2)
-    patch = pytest.MonkeyPatch()
-    patch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    # Beam looks for Google credentials before its first gs:// access and, finding none here,
-    # retries with backoff for ~25 s before it connects anonymously; the emulator wants
-    # anonymous access anyway, so the test says so up front.
-    from apache_beam.internal.gcp import auth
-
-    patch.setattr(auth, "get_service_credentials", lambda pipeline_options: None)
+def bucket(gcs_emulator):
     from google.cloud import storage
 
-    yield storage.Client.create_anonymous_client().bucket(BUCKET)
-    patch.undo()
-    server.terminate()
-    server.wait(timeout=10)
+    return storage.Client.create_anonymous_client().bucket(gcs_emulator.bucket)
 
 
 def upload(bucket, folder, prefix):

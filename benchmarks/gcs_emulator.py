@@ -1,0 +1,48 @@
+"""A gcp-storage-emulator server on a free loopback port, for the tests and `make bench`:
+Beam's gs:// filesystem and google-cloud-storage honour STORAGE_EMULATOR_HOST=its url."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+_REQUEST_LINE = re.compile(r'^"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[0-9.]+" (?P<status>[0-9]+) ')
+
+
+class GcsEmulator:
+    """The server, holding one `bucket` in memory; `url`; the requests it served, from its log."""
+
+    def __init__(self, workdir, bucket):
+        executable = shutil.which("gcp-storage-emulator")
+        command = [executable] if executable else [sys.executable, "-m", "gcp_storage_emulator"]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url, self.bucket = f"http://127.0.0.1:{port}", bucket
+        self._log_path = os.path.join(workdir, "emulator.log")
+        with open(self._log_path, "wb") as log:  # the server logs every request it serves (one line each)
+            self._server = subprocess.Popen(command + ["start", "--host=127.0.0.1", f"--port={port}", "--in-memory",
+                                                       f"--default-bucket={bucket}"], stdout=log, stderr=log)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("the GCS emulator did not start within 30 s")
+                time.sleep(0.2)
+
+    def requests(self):
+        """[(method, path, status)] of every request served so far, in order."""
+        with open(self._log_path, errors="replace") as log:
+            matches = (_REQUEST_LINE.match(line) for line in log)
+            return [(m["method"], m["path"], int(m["status"])) for m in matches if m]
+
+    def stop(self):
+        self._server.terminate()
+        self._server.wait(timeout=10)
