@@ -92,15 +92,18 @@ def _stage_names(result, depth=1):
 
 
 def readme_dataflow_commands():
-    """{comment: command} of the README's Dataflow examples (python -m commands only; the comment
-    above each, up to its first parenthesis)."""
+    """{comment: command} of the README's Dataflow examples (python -m commands only; the first
+    line of the comment above each, up to its first parenthesis)."""
     text = README.read_text()
     block = re.search(r"```\n(.*?)```", text[text.index("On Dataflow (`--setup_file`"):], re.S).group(1)
-    commands, comment, current = {}, None, ""
+    commands, comment, current, in_comment = {}, None, "", False
     for line in block.splitlines():
         if not current and line.startswith("#"):
-            comment = line.lstrip("# ").split(" (")[0].strip()
+            if not in_comment:  # a comment's further lines continue it
+                comment = line.lstrip("# ").split(" (")[0].strip()
+            in_comment = True
             continue
+        in_comment = False
         current += line.rstrip()
         if current.endswith("\\"):
             current = current[:-1].rstrip() + " "
