@@ -111,9 +111,9 @@ def define_flags():
     flags.DEFINE_integer("images_per_prediction_shard", defaults.images_per_prediction_shard,
                          "Image files per prediction shard: the unit of work, and what a killed run loses at "
                          "most per worker thread (a TFRecord file or TFDS range is a shard of its own).", **f)
-    flags.DEFINE_integer("decode_threads", defaults.decode_threads, "Threads reading and decoding ahead of "
-                         "the teacher per worker process (0: the CPU count with a GPU/TPU teacher, none with a CPU "
-                         "teacher, whose own threads use the cores).", **f)
+    flags.DEFINE_integer("decode_threads", defaults.decode_threads, "Threads decoding ahead of the teacher per "
+                         "worker process (0: the process's share of the cores with a GPU/TPU teacher, none with a "
+                         "CPU teacher, whose own threads use the cores).", **f)
     flags.DEFINE_integer("read_threads", defaults.read_threads, "Reads in flight per worker process (I/O "
                          "threads, independent of the CPU count: enough to keep an accelerator fed from a bucket) "
                          "in stage 1, which reads ahead of decoding (stage 2: --fetch_threads per shard writer).",

@@ -44,12 +44,13 @@ def teacher_per_machine(sharing, strategy):
 def processes_per_machine(pipeline_options):
     """SDK processes the runner starts per worker machine; None: one per core (Dataflow's
     default, known only on the worker)."""
-    from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, StandardOptions
+    from apache_beam.options.pipeline_options import DebugOptions, DirectOptions
 
-    runner = pipeline_options.view_as(StandardOptions).runner or ""
-    if "Dataflow" in str(runner):
+    from pipeline import dataflow_stages
+
+    if dataflow_stages.is_dataflow(pipeline_options):
         experiments = pipeline_options.view_as(DebugOptions).experiments or []
-        return 1 if "no_use_multiple_sdk_containers" in experiments else None
+        return 1 if dataflow_stages.SINGLE_CONTAINER_EXPERIMENT in experiments else None
     direct = pipeline_options.view_as(DirectOptions)
     if direct.direct_running_mode == "multi_processing":
         return direct.direct_num_workers or os.cpu_count() or 1
