@@ -20,6 +20,9 @@
 (g) the labeling job's images/s against a stand-in device's own rate (a teacher that also
     holds a simulated chip 50 ms per batch of 16, one batch at a time): whether the host keeps
     an accelerator fed (goal >= 0.95; benchmarks/stand_in_device.py).
+(h) the commit's moves of 2,000 staged shards on gs:// (a GCS emulator on loopback), one chunk
+    of 100 at a time against pipeline.commit's chunks in flight: on loopback, and with a
+    modelled 50 ms wait per request (benchmarks/commit_moves.py).
 How (a), (d) and (e) are measured: benchmarks/label_job.py. Ratios compare two sides
 measured in the same run; absolute numbers depend on the machine and on what else runs on
 it. Prints a table and writes every number to a JSON file.
@@ -33,7 +36,7 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import models  # noqa: E402
-from benchmarks import label_job, stand_in_device, storage_reads, student_throughput  # noqa: E402
+from benchmarks import commit_moves, label_job, stand_in_device, storage_reads, student_throughput  # noqa: E402
 from models import hardware, profiling  # noqa: E402
 
 
@@ -88,6 +91,7 @@ def main():
     results["labeling_cpu"] = label_job.cpu_summary(runs)
     results["storage_reads"] = storage_reads.run()
     results["stand_in_device"] = stand_in_device.measure()
+    results["commit_moves"] = commit_moves.run()
 
     job, forward, student = results["labeling_job"], results["forward"], results["student"]
     isa = ", ".join(flag for flag, present in cpu["flags"].items() if present) or "none of " + ", ".join(cpu["flags"])
@@ -107,6 +111,8 @@ def main():
     for figure, measured in storage_reads.rows(results["storage_reads"]):
         print(_row(figure, measured))
     for figure, measured in stand_in_device.rows(results["stand_in_device"]):
+        print(_row(figure, measured))
+    for figure, measured in commit_moves.rows(results["commit_moves"]):
         print(_row(figure, measured))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as handle:

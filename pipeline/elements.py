@@ -54,51 +54,47 @@ class Prediction(NamedTuple):
         return f"{self.key}|{self.uri}"
 
 
-# Predictions cross selection's shuffles packed into one short bytes object (~170 B). The local
+# Predictions cross selection's shuffles packed into one short bytes object (189 B with a 49-character URI and top-5). The local
 # runner (FnApiRunner) holds all the data crossing a shuffle at once, several times over (its
 # buffers, the data channel's protos, the grouped values), so there memory grows with the bytes
 # per image; a Prediction as Python objects, or as Beam's pickled encoding, costs more
 # (measured, stage 2 alone on 40k tiny images: peak RSS 956 MB with Predictions, 922 MB with a
-# first packing of ~350 B, pickle inside). The bytes start with the record's sort key and a
-# NUL, so a shard's records are ordered by sorting the bytes themselves: UTF-8 sorts as the
-# strings do, and NUL (absent from URIs) sorts a key before any longer key it prefixes.
+# first packing of ~350 B, pickle inside). One packed element is one selected image with its
+# copy count (--balance=duplicate), not one per copy: the shard writer fetches the image once
+# and writes every copy from those bytes (pipeline/write.py). The bytes start with the
+# identity and a NUL (absent from URIs and hex keys), so the content key is read without
+# unpacking the rest.
 _KEY_END = b"\x00"
-_HEAD = struct.Struct("<qqHI")  # offset, input bytes, k, distribution length (0: none)
+_HEAD = struct.Struct("<qqHII")  # offset, input bytes, k, distribution length (0: none), copies
 
 
-def record_key(prediction, copy_index=0):
-    """The sort key and shard identity of one written record: unique per input and copy."""
-    return f"{prediction.identity}|{copy_index}"
-
-
-def pack(prediction, copy_index=0):
-    """(Prediction, copy index) -> bytes that sort by `record_key`. Floats are kept as float32,
-    as the index and the train records store them: a Prediction read from the index unpacks
-    to exactly itself."""
+def pack(prediction, copies=1):
+    """(Prediction, copies) -> bytes. Floats are kept as float32, as the index and the train
+    records store them: a Prediction read from the index unpacks to exactly itself."""
     p = prediction
     k = len(p.top_k_indices)
     distribution = b"" if p.distribution is None else np.asarray(p.distribution, "<f4").tobytes()
     return b"".join([
-        record_key(p, copy_index).encode(), _KEY_END,
-        _HEAD.pack(p.offset, p.input_bytes, k, len(distribution) // 4),
+        p.identity.encode(), _KEY_END,
+        _HEAD.pack(p.offset, p.input_bytes, k, len(distribution) // 4, copies),
         struct.pack(f"<{k}i{k + 2}f", *p.top_k_indices, *p.top_k_probabilities, p.confidence, p.entropy),
         distribution])
 
 
-def packed_key(packed):
-    return packed[:packed.index(_KEY_END)].decode()
+def packed_content_key(packed):
+    """The content key (sha256 hex of the input) of `pack`'s bytes, which places its records."""
+    return packed[:packed.index(b"|")].decode()
 
 
 def unpack(packed):
-    """`pack`'s bytes -> (Prediction, copy index)."""
+    """`pack`'s bytes -> (Prediction, copies)."""
     end = packed.index(_KEY_END)
-    identity, copy_index = packed[:end].decode().rsplit("|", 1)
-    key, uri = identity.split("|", 1)  # the key is hex: no "|" in it
+    key, uri = packed[:end].decode().split("|", 1)  # the key is hex: no "|" in it
     at = end + 1
-    offset, input_bytes, k, length = _HEAD.unpack_from(packed, at)
+    offset, input_bytes, k, length, copies = _HEAD.unpack_from(packed, at)
     at += _HEAD.size
     numbers = struct.unpack_from(f"<{k}i{k + 2}f", packed, at)
     at += 4 * (2 * k + 2)
     distribution = np.frombuffer(packed, "<f4", length, at).astype(np.float32) if length else None
     return Prediction(key, uri, offset, input_bytes, tuple(numbers[:k]), tuple(numbers[k:2 * k]),
-                      numbers[2 * k], numbers[2 * k + 1], distribution), int(copy_index)
+                      numbers[2 * k], numbers[2 * k + 1], distribution), copies

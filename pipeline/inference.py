@@ -9,20 +9,18 @@ calls only. The teacher pads each batch to its fixed compiled batch (= --max_bat
 a ragged last batch never recompiles. A TPU VM worker needs --teacher_strategy=tpu (--tpu=local);
 a GPU is picked up by TensorFlow, with memory growth on.
 
-On CPU workers with --jit_compile=auto, the compile mode is measured once per machine and job
-(the first process to load writes it to a file the others read): every process then labels
-with the same mode, and N processes do not each time two modes while their neighbours work.
+The compile mode is given (pipeline.label resolves --jit_compile=auto by a rule before the job
+starts, options.resolve_compile_mode): it is part of the prediction index's identity, so every
+process of every worker, and every rerun, labels with the same one.
 """
 
 import hashlib
-import json
 import logging
 import math
 import os
 import tempfile
 
 import apache_beam as beam
-import fasteners
 import numpy as np
 from apache_beam.ml.inference import base
 from apache_beam.utils import multi_process_shared
@@ -32,7 +30,7 @@ from pipeline.elements import Rejection
 
 # Diagnostics: when set, every teacher load appends "pid" to this file (tests count loads per machine).
 LOAD_LOG_ENV = "RESNET_RS_TEACHER_LOAD_LOG"
-# Where the per-machine files live (MultiProcessShared's lock and address, the compile mode).
+# Where MultiProcessShared keeps its per-machine lock and address files.
 _MACHINE_DIR = os.path.join(tempfile.gettempdir(), "resnet-rs-labeling")
 log = logging.getLogger(__name__)
 
@@ -132,13 +130,9 @@ class TeacherModelHandler(base.ModelHandler):
         devices.enable_gpu_memory_growth()
         strategy = None if self._strategy in ("auto", "cpu") and not self._tpu else \
             devices.make_strategy(self._strategy, self._tpu)
-        load = lambda mode: teacher.load(  # noqa: E731 - one call, two places
-            self._teacher_dir, batch_size=self._max_batch_size, precision=self._precision, strategy=strategy,
-            jit_compile=mode, stand_in_device_s=self._stand_in_device_ms / 1000)
-        if self._jit_compile == "auto" and not self._per_machine and not self.on_device():
-            loaded = _with_machine_compile_mode(os.path.join(_MACHINE_DIR, f"compile-mode-{self._digest()}.json"), load)
-        else:
-            loaded = load(self._jit_compile)
+        loaded = teacher.load(self._teacher_dir, batch_size=self._max_batch_size, precision=self._precision,
+                              strategy=strategy, jit_compile=self._jit_compile,
+                              stand_in_device_s=self._stand_in_device_ms / 1000)
         return LabelingTeacher(loaded, self._temperature, self._top_k, self._full_distribution)
 
     def run_inference(self, batch, model, inference_args=None):
@@ -203,20 +197,6 @@ def _limit_tensorflow_threads(threads):
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         log.info("TensorFlow already started in this process; its thread pools keep their sizes.")
-
-
-def _with_machine_compile_mode(path, load):
-    """The teacher loaded with the compile mode this machine measured for this job: the first
-    process measures it (load("auto")) and writes it to `path`, the others read it."""
-    with fasteners.InterProcessLock(path + ".lock"):
-        if os.path.exists(path):
-            with open(path) as handle:
-                return load(json.load(handle)["compile_mode"])
-        loaded = load("auto")
-        with open(path + ".tmp", "w") as handle:
-            json.dump({"compile_mode": loaded.compile_mode, "timings": loaded.compile_timings}, handle)
-        os.replace(path + ".tmp", path)
-        return loaded
 
 
 def non_finite_fields(labeled):

@@ -7,7 +7,7 @@ On Dataflow: add Beam's options, e.g. --runner=DataflowRunner --project=P --regi
   --temp_location=gs://B/tmp --setup_file=./setup.py (README: CPU, GPU and TPU workers).
 
 Two stages, run one after the other (on Dataflow: two jobs):
-  1. inference (pipeline.predict): ListInputs -> AssignShards -> GroupUnitsByShard ->
+  1. inference (pipeline.predict): ListInputs -> AssignBuckets -> GroupUnitsByBucket ->
      PredictShards -> CommitIndex, writing the prediction index to --predictions (default OUT_DIR/predictions):
      labels and URIs, no image bytes. A killed run, rerun, resumes from the shards it published.
   2. selection (pipeline.select): ReadIndex -> [Deduplicate] -> Select -> WriteRecords /
@@ -15,6 +15,8 @@ Two stages, run one after the other (on Dataflow: two jobs):
      selection flags, without the teacher.
 """
 
+import os
+import socket
 import sys
 import uuid
 from typing import NamedTuple
@@ -38,23 +40,33 @@ def _teacher_metadata(path):
 
 
 def index_base(settings, meta):
-    """What stage 1's index.json says besides its shards and counts (known before it runs)."""
-    prediction = settings.prediction_settings()
+    """What stage 1's index.json says besides its buckets, shards, runs and counts (known
+    before it runs). `run_id` identifies the index: the teacher and the settings that decide a
+    prediction (options.IDENTITY_FIELDS), never where the inputs are listed or how fast."""
+    identity = settings.identity_settings()
     return {
         "schema_version": index.SCHEMA_VERSION,
-        "run_id": options.digest({**prediction, "teacher": meta.teacher_id}),
+        "run_id": options.digest({**identity, "teacher": meta.teacher_id}),
         "teacher": {"teacher_id": meta.teacher_id, "model_name": meta.model_name, "num_classes": meta.num_classes,
                     "eval_image_size": meta.eval_image_size, "random_init": meta.random_init,
                     "path": settings.teacher,  # not in run_id: the same teacher elsewhere is the same teacher
                     # The student checks these against its labeled data's class order (student/pseudo.py).
                     "class_names": list(meta.class_names)},
-        "settings": prediction,
+        "settings": identity,
         "input": settings.input,
     }
 
 
-def build_predict(pipeline, settings, document):
-    """Adds stage 1 to `pipeline`; returns the PCollection holding the index document."""
+def _accelerated(settings, opts):
+    """Whether stage 1's teacher runs on a GPU or TPU (what --jit_compile=auto resolves from)."""
+    if settings.teacher_strategy in ("gpu", "tpu") or settings.tpu or dataflow_stages.accelerators(opts):
+        return True
+    return not dataflow_stages.is_dataflow(opts) and workers.accelerator_on_this_machine() is not None
+
+
+def build_predict(pipeline, settings, document, previous=None, claim=None):
+    """Adds stage 1 to `pipeline`; returns the PCollection holding the index document.
+    `previous`: the index it grows (None: a new one); `claim`: the job's claim on PRED_DIR."""
     s = settings
     handler = inference.TeacherModelHandler(
         s.teacher, top_k=s.top_k, temperature=s.temperature, full_distribution=s.full_distribution,
@@ -65,7 +77,8 @@ def build_predict(pipeline, settings, document):
     source = sources.input_source(s.input, s.input_format, s.image_feature, s.data_dir, s.tfds_ranges, s.max_bytes)
     stage = predict.Predict(s.predictions_dir(), document["run_id"], document, source, handler, s.max_pixels,
                             s.decode_memory_mb, s.max_batch_size, s.images_per_prediction_shard, s.read_threads,
-                            s.decode_threads)
+                            s.decode_threads, previous=previous,
+                            run={"settings": s.recorded_settings()}, claim=claim)
     committed = pipeline | "Predict" >> stage
     if s.progress_every_s:  # images done / found, as Beam counters; printed while a local run works
         progress.track(s.progress_every_s, pipeline.runner, stage.listing.found, stage.progress, committed)
@@ -104,14 +117,19 @@ def run(argv=None, test_pipeline=None, select_test_pipeline=None):
     FileSystems.set_options(opts)  # the checks below read gs:// with the job's credentials
     meta = _teacher_metadata(settings.teacher)
     settings = options.resolve(settings, meta.num_classes)
+    settings = options.resolve_compile_mode(settings, _accelerated(settings, opts))
     options.validate(settings, meta.num_classes)
     _check_random_teacher(settings, meta)
     document = index_base(settings, meta)
-    existing = index.read_index(settings.predictions_dir())
-    if existing and existing["run_id"] != document["run_id"] and not settings.overwrite:
-        raise UsageError(f"{settings.predictions_dir()} holds the prediction index of another teacher, input or "
-                         "prediction settings; pass --overwrite to replace it, or --predictions=DIR for another "
-                         "place (python -m pipeline.select re-selects from an index without the teacher).")
+    directory = settings.predictions_dir()
+    previous = index.read_index(directory)
+    if previous and (previous.get("schema_version") != index.SCHEMA_VERSION or previous["run_id"] != document["run_id"]):
+        if not settings.overwrite:
+            raise UsageError(f"{directory} holds the prediction index of another teacher or prediction settings "
+                             f"({', '.join(options.IDENTITY_FIELDS)}); pass --overwrite to replace it, or "
+                             "--predictions=DIR for another place (python -m pipeline.select re-selects from an "
+                             "index without the teacher).")
+        previous = None  # replaced: the commit removes its files
     # Its own options object even when the args are equal: submitting stage 1 to Dataflow
     # writes its job name and staging paths into the options it was given.
     select_args = dataflow_stages.select_args(beam_args, settings.select_machine_type,
@@ -121,16 +139,32 @@ def run(argv=None, test_pipeline=None, select_test_pipeline=None):
         sys.stderr.write(f"{options.PROG}: stage 2 (selection) uses no accelerator, so its job runs on CPU "
                          f"workers: {dataflow_stages.describe_workers(select_opts)} (flags --select_machine_type, "
                          "--select_container_image).\n")
-    # Stage 1 always runs: over a complete index of the same settings it lists the inputs again
-    # and recomputes only shards whose inputs changed (none, usually; new files, if added).
-    predicted = select.run_pipeline(opts, lambda pipeline: build_predict(pipeline, settings, document), test_pipeline)
+    dry_run = opts.view_as(TestOptions).dry_run
+    claim = None if dry_run else _claim(directory, opts)
+    try:
+        # Stage 1 always runs: it lists the inputs again and predicts only the units the index
+        # does not hold yet (none, over an unchanged list: then it reads no image and no shard).
+        predicted = select.run_pipeline(
+            opts, lambda pipeline: build_predict(pipeline, settings, document, previous, claim), test_pipeline)
+    finally:
+        if claim:  # the commit released it; a failed job leaves nothing to protect
+            index.release_claim(directory, claim)
     # Stage 2 reads the index when it runs: a --dry_run builds it all the same.
-    if index.read_index(settings.predictions_dir()) is None and not opts.view_as(TestOptions).dry_run:
-        raise RuntimeError(f"stage 1 ended without an index in {settings.predictions_dir()}: its job has not "
-                           "finished (a runner that does not block?); run python -m pipeline.select once it has.")
-    selected = select.run_pipeline(select_opts, lambda pipeline: select.build(pipeline, settings, document),
+    committed = index.read_index(directory)
+    if committed is None and not dry_run:
+        raise RuntimeError(f"stage 1 ended without an index in {directory}: its job has not finished (a runner that "
+                           "does not block?); run python -m pipeline.select once it has.")
+    selected = select.run_pipeline(select_opts, lambda pipeline: select.build(pipeline, settings, committed or document),
                                    select_test_pipeline)
     return Results(predicted, selected)
+
+
+def _claim(directory, opts):
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "local": not dataflow_stages.is_dataflow(opts)}
+    try:
+        return index.claim(directory, uuid.uuid4().hex, owner)
+    except index.ClaimError as error:
+        raise UsageError(str(error)) from error
 
 
 def _check_random_teacher(settings, meta):

@@ -21,12 +21,19 @@ PROG = "pipeline.label"
 SELECT_PROG = "pipeline.select"
 REQUIRED = ("teacher", "input", "output")
 SELECT_REQUIRED = ("predictions", "output")
-# What decides the prediction index (stage 1): a rerun with the same values (and the same
-# teacher) resumes it; any other value is another index.
-PREDICTION_FIELDS = ("teacher", "input", "input_format", "image_feature", "data_dir", "tfds_ranges", "top_k",
-                     "temperature", "full_distribution", "max_pixels", "max_bytes", "decode_memory_mb",
-                     "images_per_prediction_shard", "max_batch_size", "precision", "jit_compile", "teacher_strategy",
-                     "tpu")
+# What decides a prediction (stage 1), with the teacher: the prediction index's identity. A
+# rerun with the same values grows the index (new inputs only); any other value is another index.
+# jit_compile is resolved before it is hashed ("auto" -> "xla" or "graph", resolve_compile_mode):
+# XLA and the graph executor differ in the last float bits.
+IDENTITY_FIELDS = ("input_format", "image_feature", "top_k", "temperature", "full_distribution", "max_pixels",
+                   "max_bytes", "precision", "jit_compile")
+# Stage 1's settings that change no prediction: recorded per run in index.json, not hashed. The
+# input's spelling is here too: the URIs it yields are what decides which inputs are new.
+# decode_memory_mb can reject an image too large for the budget ("too_much_memory"): such a
+# rejection stays in the index until --overwrite, like any other.
+RECORDED_FIELDS = ("input", "data_dir", "tfds_ranges", "decode_memory_mb", "images_per_prediction_shard",
+                   "max_batch_size", "teacher_strategy", "tpu", "teacher_sharing", "read_threads", "decode_threads",
+                   "stand_in_device_ms")
 # What decides the selection (stage 2), made from an index without the teacher.
 SELECTION_FIELDS = ("min_confidence", "per_class", "balance", "dedup", "max_side", "num_shards", "target_shard_mb",
                     "rejected_shards", "thumbnails_per_class")
@@ -69,7 +76,7 @@ class LabelSettings:
     max_bytes: int = sources.DEFAULT_MAX_BYTES
     decode_memory_mb: int = decode.DEFAULT_DECODE_MEMORY_MB
     num_shards: int = 0  # 0: from the data, --target_shard_mb each
-    rejected_shards: int = 1
+    rejected_shards: int = 0  # 0: from the rejection lines expected (pipeline.select.rejected_shard_count)
     max_batch_size: int = 32
     precision: str = "float32"
     jit_compile: str = "auto"
@@ -84,8 +91,11 @@ class LabelSettings:
     allow_random_teacher: bool = False
     progress_every_s: float = 10.0
 
-    def prediction_settings(self):
-        return {name: getattr(self, name) for name in PREDICTION_FIELDS}
+    def identity_settings(self):
+        return {name: getattr(self, name) for name in IDENTITY_FIELDS}
+
+    def recorded_settings(self):
+        return {name: getattr(self, name) for name in RECORDED_FIELDS}
 
     def selection_settings(self):
         return {name: getattr(self, name) for name in SELECTION_FIELDS}
@@ -149,7 +159,8 @@ def define_flags():
                          "(files: from the listing's size, and no read goes further).", **f)
     flags.DEFINE_integer("num_shards", defaults.num_shards, "train-* shards (0: from the data, see "
                          "--target_shard_mb).", **f)
-    flags.DEFINE_integer("rejected_shards", defaults.rejected_shards, "rejected-* shards.", **f)
+    flags.DEFINE_integer("rejected_shards", defaults.rejected_shards, "rejected-* shards (0: from the volume, "
+                         "about 1,000,000 rejection lines each, counted from the prediction index).", **f)
     flags.DEFINE_integer("max_batch_size", defaults.max_batch_size, "Inference batch (the teacher's compiled "
                          "size).", **f)
     flags.DEFINE_enum("precision", defaults.precision, ["float32", "bfloat16", "float16"], "Teacher compute "
@@ -255,9 +266,23 @@ def resolve(settings, num_classes):
     return settings
 
 
+def resolve_compile_mode(settings, accelerated):
+    """--jit_compile=auto -> "xla" for a teacher on a GPU or TPU, "graph" on CPUs. A rule, not a
+    measurement, so that the same command gives the same mode, and so the same index, on every
+    run and every worker (measured on CPUs, README: the graph executor is as fast or faster on
+    AMD EPYC Zen 3 and Zen 4 at float32 and bfloat16, and on Intel with AMX at bfloat16; XLA is
+    ~13% faster on Intel with AMX at float32, where --jit_compile=xla is the better choice)."""
+    if settings.jit_compile != "auto":
+        return settings
+    return dataclasses.replace(settings, jit_compile="xla" if accelerated else "graph")
+
+
 def with_index(settings, index_document):
-    """pipeline.select's settings: its own flags, and the prediction settings of the index."""
-    return dataclasses.replace(settings, **index_document["settings"])
+    """pipeline.select's settings: its own flags, the index's identity settings, and what its
+    last run recorded about the input (where to fetch from, with which decode budget)."""
+    last = index_document["runs"][-1]["settings"]
+    recorded = {name: last[name] for name in ("input", "data_dir", "tfds_ranges", "decode_memory_mb") if name in last}
+    return dataclasses.replace(settings, **index_document["settings"], **recorded)
 
 
 def validate(settings, num_classes):
@@ -295,7 +320,7 @@ def validate_selection(settings):
         (s.max_side >= 0, f"--max_side={s.max_side} must be >= 0"),
         (s.num_shards >= 0, "--num_shards must be >= 0 (0: from the data)"),
         (s.target_shard_mb >= 1, "--target_shard_mb must be >= 1"),
-        (s.rejected_shards >= 1, "--rejected_shards must be >= 1"),
+        (s.rejected_shards >= 0, "--rejected_shards must be >= 0 (0: from the volume)"),
         (s.fetch_threads >= 1, "--fetch_threads must be >= 1"),
         (s.thumbnails_per_class >= 0, "--thumbnails_per_class must be >= 0"),
         (s.progress_every_s >= 0, f"--progress_every_s={s.progress_every_s} must be >= 0 (0: no progress)"),

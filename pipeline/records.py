@@ -14,8 +14,12 @@ A pseudo-label record (one per written image; duplicates added for class balance
 
 Shards are written here rather than with `beam.io.WriteToTFRecord` because that sink deals
 records to shards in arrival order, so two runs over the same inputs give different shard
-contents; this job assigns each record to a shard by its content and sorts each shard, so
-reruns (and 1 vs N workers) produce byte-identical files.
+contents. This job places and orders records by content: a record's train shard is
+`shard_of(image/key)` (every copy of an image in the same shard), and a shard's records are
+sorted by `record_order` (a hash of key and copy index first, so an image's copies are spread
+through the shard rather than side by side, where they would defeat a reader's shuffle
+buffer). Reruns, 1 vs N workers, and the same images under another directory produce the same
+shards in the same order (only `image/source_uri` differs).
 """
 
 import hashlib
@@ -48,6 +52,12 @@ def shard_name(prefix, index, num_shards, suffix):
 def shard_of(identity, num_shards):
     """A record's shard, from its identity (a string): stable across runs and workers."""
     return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big") % num_shards
+
+
+def record_order(key, uri, copy_index):
+    """The sort key of a train record inside its shard: content first (the hash), the URI only
+    between inputs of identical content, then the copy."""
+    return hashlib.sha256(f"{key}|{copy_index}".encode()).digest(), uri, copy_index
 
 
 def bytes_feature(values):

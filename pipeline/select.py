@@ -7,7 +7,8 @@ Re-selects from an existing index without running the teacher again:
 with the same flags writes the same bytes as one labeling command.
 
 Stages, as named in the Dataflow UI: ReadIndex -> [Deduplicate] -> Select -> WriteRecords
-(fetches the kept images' bytes) / WriteRejected -> Facts -> Commit.
+(fetches each kept image's bytes once and writes its copies) / WriteRejected -> Facts -> Commit;
+CountTrainShards sizes the train shards from what Select keeps.
 """
 
 import sys
@@ -18,20 +19,21 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 
 from models import cli
-from pipeline import beam_flags, commit, dataflow_stages, index, options, records, selection, sources, stats, write
+from pipeline import beam_flags, buckets, commit, dataflow_stages, index, options, records, selection, sources, stats, write
 from pipeline.elements import Rejection
 from pipeline.options import UsageError
 
 REJECTED = "rejected"
 
 
-def _shard_paths(directory, run_id):
+def _index_shards(directory, run_id):
+    """The shard records of the committed index.json (pipeline/buckets.py), as the job runs."""
     document = index.read_index(directory)
     if document is None or document["run_id"] != run_id:
         found = "no index.json" if document is None else f"the index of run {document['run_id']}"
         raise RuntimeError(f"{directory} holds {found}, not the prediction run {run_id} this selection was built "
                            "for (replaced meanwhile?). Nothing was published.")
-    return [FileSystems.join(directory, name) for name in document["shards"]]
+    return document["shards"]
 
 
 class _SplitRejections(beam.DoFn):
@@ -40,12 +42,14 @@ class _SplitRejections(beam.DoFn):
 
 
 def _read_index(pbegin, settings, index_run_id):
-    """The index's entries (Prediction or Rejection), its shards spread over the workers."""
+    """The index's live entries (Prediction or Rejection: those of inputs its last run listed),
+    its shards spread over the workers."""
+    directory = settings.predictions_dir()
     return (pbegin
-            | "IndexDir" >> beam.Create([settings.predictions_dir()])
-            | "IndexShards" >> beam.FlatMap(_shard_paths, index_run_id)
+            | "IndexDir" >> beam.Create([directory])
+            | "IndexShards" >> beam.FlatMap(_index_shards, index_run_id)
             | "SpreadShards" >> beam.Reshuffle()
-            | "ReadIndex" >> beam.FlatMap(index.read_shard))
+            | "ReadIndex" >> beam.FlatMap(buckets.live_entries, directory))
 
 
 def _labeled(entries, settings):
@@ -55,33 +59,49 @@ def _labeled(entries, settings):
     labeled, rejection_sets = split.labeled, [split[REJECTED]]
     if settings.dedup:
         unique = labeled | "Deduplicate" >> selection.Deduplicate()
-        labeled = unique.unique
+        labeled = unique["unique"]
         rejection_sets.append(unique[selection.REJECTED])
     return labeled, rejection_sets
 
 
 class _CountTrainShards(beam.PTransform):
-    """PBegin -> the train shard count (one int): --num_shards, or the selected inputs' bytes
-    (copies included) over --target_shard_mb.
+    """The predictions selection chooses from -> the train shard count (one int): --num_shards,
+    or the selected inputs' bytes (copies included) over --target_shard_mb.
 
-    It reads the index a second time and sums what selection keeps (selection.SelectedBytes),
-    rather than summing the records on their way to the writers: the writers' keying needs
-    the count, so on the local runner (FnApiRunner) a count taken from those records would hold
-    every one of them until the sum is known (measured: 40 MB more at 40k tiny images). A
-    second read costs a few hundred bytes of index per image."""
+    It sums what selection keeps from the same (deduplicated) `labeled` collection that Select
+    reads, in a branch of its own (selection.SelectedBytes: a combiner per class, so it holds
+    nothing per image), rather than summing the records on their way to the writers: the
+    writers' keying needs the count, so on the local runner (FnApiRunner) a count taken from
+    those records would hold every one of them until the sum is known (measured: 40 MB more at
+    40k tiny images). Taking `labeled` rather than reading the index again runs --dedup once per
+    job (tests/test_label_copies.py checks its counter) and costs less: this branch holds no more
+    than per-class combiner state, while a second read feeds a second dedup's shuffles
+    (measured, stage 2 alone on FnApiRunner, 20k tiny images, --dedup --per_class=30000: peak
+    RSS 950 MB from `labeled`, 1018 MB with the second read; the same output bytes)."""
 
-    def __init__(self, settings, index_run_id):
+    def __init__(self, settings):
         super().__init__()
-        self._settings, self._index_run_id = settings, index_run_id
+        self._settings = settings
 
-    def expand(self, pbegin):
+    def expand(self, labeled):
         s = self._settings
         if s.num_shards:
-            return pbegin | "Fixed" >> beam.Create([s.num_shards])
-        labeled, _ = _labeled(_read_index(pbegin, s, self._index_run_id), s)
+            return labeled.pipeline | "Fixed" >> beam.Create([s.num_shards])
         return (labeled
                 | "SelectedBytes" >> selection.SelectedBytes(s.min_confidence, s.per_class, s.balance)
                 | "ShardCount" >> beam.Map(write.train_shard_count, s.target_shard_mb))
+
+
+def rejected_shard_count(settings, counts):
+    """--rejected_shards, or (0) from the rejection lines expected, known before stage 2 runs:
+    the index's rejections, and under --dedup every labeled entry, since any of them may be a
+    duplicate. `counts`: index.json's counts, or None when unknown (a --dry_run builds stage 2
+    before stage 1 has written them): one shard."""
+    if settings.rejected_shards:
+        return settings.rejected_shards
+    if counts is None:
+        return 1
+    return write.rejection_shard_count(counts["rejected"] + (counts["labeled"] if settings.dedup else 0))
 
 
 def manifest_base(settings, index_document, run_id):
@@ -110,14 +130,15 @@ def build(pipeline, settings, index_document):
     entries = _read_index(pipeline, s, index_document["run_id"])
     labeled, rejection_sets = _labeled(entries, s)
     selected = labeled | "Select" >> selection.Select(s.min_confidence, s.per_class, s.balance)
-    shard_count = pipeline | "CountTrainShards" >> _CountTrainShards(s, index_document["run_id"])
+    shard_count = labeled | "CountTrainShards" >> _CountTrainShards(s)
     train = selected["written"] | "WriteRecords" >> write.WriteTrainShards(
         staging, source, s.max_pixels, s.max_side, s.decode_memory_mb, s.fetch_threads, shard_count)
     rejected = tuple(rejection_sets) | "AllRejections" >> beam.Flatten()
     unavailable = train[write.UNAVAILABLE]
     listed = ((rejected, unavailable | "UnavailableLines" >> beam.Map(write.unavailable_rejection))
               | "RejectionsAndUnavailable" >> beam.Flatten())
-    rejected_files = listed | "WriteRejected" >> write.WriteRejections(staging, s.rejected_shards)
+    rejected_shards = rejected_shard_count(s, index_document.get("counts"))
+    rejected_files = listed | "WriteRejected" >> write.WriteRejections(staging, rejected_shards)
     facts = {"read": entries, "rejected": rejected, "labeled": labeled, "below": selected["below"],
              "over_cap": selected["over_cap"], "written": selected["written"], "unavailable": unavailable,
              "train_files": train["files"], "rejected_files": rejected_files} | "Facts" >> stats.Facts(

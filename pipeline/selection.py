@@ -4,15 +4,19 @@ It runs on prediction index entries (pipeline.elements.Prediction: labels and UR
 image bytes); the shard writer fetches the bytes of what is kept (pipeline/write.py).
 1. Drop labels whose confidence is below --min_confidence.
 2. Per class (the teacher's top-1), keep at most --per_class images, most confident first.
-   Only a (confidence, identity) pair per image goes through Beam's Top.PerKey; the
-   decision is joined back to the entries by identity.
+   Only a (confidence, identity) pair per image goes through a Top combiner; the decision is
+   joined back to the entries by identity.
 3. --balance=duplicate: a class with n < per_class kept images is filled to per_class by
    writing each image per_class // n times, plus one more for the (per_class % n) most
    confident. Noisy Student duplicates at random; ranking by confidence makes the choice
-   deterministic without a seed.
-Ties in confidence are broken by the image identity, so reruns select the same images.
+   deterministic without a seed. Select emits each kept image once, with its copy count; the
+   writer fetches it once and writes every copy.
+Ties in confidence are broken by the image identity (content key first), so reruns select
+the same images, and so do the same images under other URIs.
 
-Optional dedup of identical content (--dedup) happens first (see `Deduplicate`).
+No key is hot: a class is one key of the per-class Top, so it is combined with hot-key fan-out
+(HOT_KEY_FANOUT); dedup picks each content's survivor with a combiner, never by grouping and
+sorting a content's entries (see `Deduplicate`), and runs before selection when --dedup is set.
 """
 
 import apache_beam as beam
@@ -22,6 +26,11 @@ from pipeline.elements import Rejection
 
 OVER_CAP = "over_cap"
 REJECTED = "rejected"
+# Sub-keys a hot key is pre-combined under before one worker merges them: a class (the per-class
+# Top's key) holds ~100k entries at ImageNet scale and far more in an unbalanced unlabeled set,
+# and one content (dedup's key) may be repeated millions of times; without fan-out each such
+# key's whole combine lands on one worker.
+HOT_KEY_FANOUT = 16
 
 
 def copies_by_rank(count, per_class, balance):
@@ -66,8 +75,8 @@ class _Threshold(beam.DoFn):
 
 
 class _RouteBySelection(beam.DoFn):
-    """Joined (identity, {images, copies}) -> (Prediction, copy_index) per written copy,
-    or the image to the over_cap output."""
+    """Joined (identity, {images, copies}) -> (Prediction, copies) for a kept image (one
+    element, whatever its copy count), or the image to the over_cap output."""
 
     def __init__(self):
         self._kept = beam.metrics.Metrics.counter("Select", "kept")
@@ -85,12 +94,17 @@ class _RouteBySelection(beam.DoFn):
             return
         self._kept.inc()
         self._duplicates.inc(copies[0] - 1)
-        for copy_index in range(copies[0]):
-            yield image, copy_index
+        yield image, copies[0]
+
+
+def _top_per_class(per_class):
+    """(class, ranked value) -> (class, the `per_class` largest values, largest first), with
+    hot-key fan-out (HOT_KEY_FANOUT says why)."""
+    return beam.CombinePerKey(beam.combiners.TopCombineFn(per_class)).with_hot_key_fanout(HOT_KEY_FANOUT)
 
 
 class Select(beam.PTransform):
-    """Prediction -> {"written": (Prediction, copy_index), "below": ..., "over_cap": ...}."""
+    """Prediction -> {"written": (Prediction, copies), "below": ..., "over_cap": ...}."""
 
     def __init__(self, min_confidence, per_class, balance):
         super().__init__()
@@ -103,12 +117,12 @@ class Select(beam.PTransform):
             BELOW, main="above")
         above, below = thresholded.above, thresholded[BELOW]
         if not self._per_class:
-            written = above | "KeepAll" >> beam.Map(lambda image: (image, 0))
+            written = above | "KeepAll" >> beam.Map(lambda image: (image, 1))
             over_cap = labeled.pipeline | "NothingOverCap" >> beam.Create([])
             return {"written": written, "below": below, "over_cap": over_cap}
         copies = (above
                   | "RankKeys" >> beam.Map(lambda image: (image.label, (image.confidence, image.identity)))
-                  | "TopPerClass" >> beam.combiners.Top.PerKey(self._per_class)
+                  | "TopPerClass" >> _top_per_class(self._per_class)
                   | "CopiesPerImage" >> beam.FlatMap(copies_per_image, self._per_class, self._balance))
         # Packed (elements.pack says why): the join holds every above-threshold entry.
         images = above | "ByIdentity" >> beam.Map(lambda image: (image.identity, elements.pack(image)))
@@ -137,38 +151,109 @@ class SelectedBytes(beam.PTransform):
             sizes = (above
                      | "RankKeys" >> beam.Map(
                          lambda image: (image.label, (image.confidence, image.identity, image.input_bytes)))
-                     | "TopPerClass" >> beam.combiners.Top.PerKey(per_class)
+                     | "TopPerClass" >> _top_per_class(per_class)
                      | "BytesPerClass" >> beam.Map(_class_bytes, per_class, self._balance))
         return sizes | "Sum" >> beam.CombineGlobally(sum)
 
 
-class _FirstUriWins(beam.DoFn):
-    """(content key, its index entries) -> the entry with the smallest URI, which stays; every
-    other entry becomes a duplicate rejection naming that URI."""
+# Entries of one content above which its key is "hot": its entries are then routed by a
+# side-input lookup instead of a join whose one group would hold them all. The lookup holds
+# one URI per hot key, so at most (entries / HOT_DUPLICATES) of them.
+HOT_DUPLICATES = 1000
+COLD = "cold"
+
+
+class _SmallestUri(beam.CombineFn):
+    """URIs -> (the smallest, how many): the survivor of a content key and its entry count."""
+
+    def create_accumulator(self):
+        return None, 0
+
+    def add_input(self, accumulator, uri):
+        smallest, count = accumulator
+        return (uri if smallest is None or uri < smallest else smallest), count + 1
+
+    def merge_accumulators(self, accumulators):
+        smallest, total = None, 0
+        for uri, count in accumulators:
+            if uri is not None and (smallest is None or uri < smallest):
+                smallest = uri
+            total += count
+        return smallest, total
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def _survivor_or_duplicate(entry, survivor, duplicates):
+    if entry.uri == survivor:
+        yield entry
+        return
+    duplicates.inc()
+    yield beam.pvalue.TaggedOutput(REJECTED, Rejection(entry.uri, f"duplicate: same content as {survivor}", "dedup"))
+
+
+class _RouteHot(beam.DoFn):
+    """An entry of a hot key -> itself or its duplicate rejection, decided by lookup; any
+    other entry -> (key, packed entry) to the COLD output, for the join."""
 
     def __init__(self):
         self._duplicates = beam.metrics.Metrics.counter("Deduplicate", "duplicates")
 
-    def process(self, item):
-        _, entries = item
-        ordered = sorted(entries, key=lambda entry: entry.uri)
-        yield ordered[0]
-        for entry in ordered[1:]:
-            self._duplicates.inc()
-            yield beam.pvalue.TaggedOutput(
-                REJECTED, Rejection(entry.uri, f"duplicate: same content as {ordered[0].uri}", "dedup"))
+    def process(self, entry, hot):
+        survivor = hot.get(entry.key)
+        if survivor is None:
+            yield beam.pvalue.TaggedOutput(COLD, (entry.key, elements.pack(entry)))
+        else:
+            yield from _survivor_or_duplicate(entry, survivor, self._duplicates)
+
+
+class _JoinCold(beam.DoFn):
+    """(key, {survivor: [uri], entries: [packed]}) -> each entry, or its duplicate rejection.
+    One pass over the group, in any order: the survivor is already known."""
+
+    def __init__(self):
+        self._duplicates = beam.metrics.Metrics.counter("Deduplicate", "duplicates")
+
+    def process(self, joined):
+        _, grouped = joined
+        (survivor,) = grouped["survivor"]
+        for packed in grouped["entries"]:
+            entry, _ = elements.unpack(packed)
+            yield from _survivor_or_duplicate(entry, survivor, self._duplicates)
 
 
 class Deduplicate(beam.PTransform):
     """Index entries with identical content (the same key): the one with the smallest URI is
     kept, the others are rejected as duplicates, so they are counted and never written.
+    Returns {"unique": Prediction, REJECTED: Rejection}.
 
     The teacher has labeled every copy by then (stage 1 predicts each input it reads); moving
-    dedup into selection makes it a choice that can be changed without the teacher. Groups
-    hold index entries (a few hundred bytes each), never image bytes."""
+    dedup into selection makes it a choice that can be changed without the teacher. The
+    survivor of each key comes from a combiner with hot-key fan-out, so neither one content
+    seen a million times nor a sort of its entries lands on one worker; entries of hot keys
+    (over `hot_threshold`) are then decided by lookup, the rest joined to their survivor in
+    groups of at most `hot_threshold` packed index entries (never image bytes)."""
+
+    def __init__(self, hot_threshold=HOT_DUPLICATES):
+        super().__init__()
+        self._hot_threshold = hot_threshold
 
     def expand(self, entries):
-        return (entries
-                | "KeyByContent" >> beam.Map(lambda entry: (entry.key, entry))
-                | "GroupByContent" >> beam.GroupByKey()
-                | "FirstUriWins" >> beam.ParDo(_FirstUriWins()).with_outputs(REJECTED, main="unique"))
+        threshold = self._hot_threshold
+        survivors = (entries
+                     | "UriByContent" >> beam.Map(lambda entry: (entry.key, entry.uri))
+                     | "SmallestUri" >> beam.CombinePerKey(_SmallestUri()).with_hot_key_fanout(HOT_KEY_FANOUT))
+        hot = (survivors
+               | "HotKeys" >> beam.Filter(lambda item: item[1][1] > threshold)
+               | "HotSurvivors" >> beam.MapTuple(lambda key, summary: (key, summary[0])))
+        cold_survivors = (survivors
+                          | "ColdKeys" >> beam.Filter(lambda item: item[1][1] <= threshold)
+                          | "ColdSurvivors" >> beam.MapTuple(lambda key, summary: (key, summary[0])))
+        routed = entries | "RouteHot" >> beam.ParDo(_RouteHot(), beam.pvalue.AsDict(hot)).with_outputs(
+            COLD, REJECTED, main="unique")
+        joined = ({"survivor": cold_survivors, "entries": routed[COLD]}
+                  | "JoinSurvivor" >> beam.CoGroupByKey()
+                  | "Decide" >> beam.ParDo(_JoinCold()).with_outputs(REJECTED, main="unique"))
+        return {"unique": (routed.unique, joined.unique) | "Unique" >> beam.Flatten(),
+                REJECTED: (routed[REJECTED], joined[REJECTED]) | "Duplicates" >> beam.Flatten()}

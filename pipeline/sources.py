@@ -20,7 +20,9 @@ read (--max_bytes from the listing's size and on every read, non-regular local f
 unstattable entries, failed matches); images inside TFRecord and TFDS records are held to
 the same --max_bytes. List files: each line is a URI exactly as written (only the line
 break is removed); a line holding `*`, `?` or `[` is read literally when a file has that
-name, else matched as a glob.
+name, else matched as a glob. A path the list reaches more than once (a line repeated, a
+line and a glob matching it, overlapping globs) is one unit of work; each further reach is
+a `duplicate_uri` rejection, so the accounting still counts every line and every match.
 """
 
 import os
@@ -74,29 +76,85 @@ class _MatchInput(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTED, Rejection(uri, reason, "read"))
 
 
-class _ExpandListedUri(beam.DoFn):
-    """A listed line -> (path, size or None) for what it names (itself, or its glob's matches),
-    or rejections."""
+# How a list reaches a path, as a (kind, value) "reach": a glob's match, with its listed size;
+# a glob's listing problem (an entry it cannot stat, a pattern matching nothing), with its
+# reason; a literal line, not statted (a 130M-line list would cost a stat per line), so None.
+MATCHED, UNLISTABLE, LITERAL = "matched", "unlistable", "literal"
+DUPLICATE_URI = "duplicate_uri: named more than once by the list (by its lines and its globs' matches); read once"
 
-    def __init__(self):
-        self._rejected = beam.metrics.Metrics.counter("ReadImages", "rejected")
+
+class _ExpandListedUri(beam.DoFn):
+    """A listed line -> (path, reach) for each path it reaches: itself, or its glob's matches
+    and listing problems. Paths are deduplicated after this (_MergeReaches), not lines before
+    it: a literal line and a glob, or two globs, may reach one file."""
 
     def process(self, uri):
         if not any(c in uri for c in GLOB_CHARACTERS):
-            yield uri, None
+            yield uri, (LITERAL, None)
             return
         try:
             literal = FileSystems.exists(uri) or (is_local(uri) and os.path.islink(uri))
         except Exception:  # noqa: BLE001 - a name the filesystem cannot even ask about is matched as a glob
             literal = False
         if literal:  # a file named `a[1].png` is that file, not a glob matching `a1.png`
-            yield uri, None
+            yield uri, (LITERAL, None)
             return
         matched, problems = match_pattern(uri)
-        yield from matched
+        for path, size in matched:
+            yield path, ((MATCHED, size) if size is not None else (LITERAL, None))
         for path, reason in problems:
-            self._rejected.inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(path, reason, "read"))
+            yield path, (UNLISTABLE, reason)
+
+
+def _preference(reach):
+    """Sort key: the reach a path's one unit is made from is the least. A match's size is
+    known (read_file refuses an oversized file unopened), a listing problem's reason is known
+    too, a literal line knows nothing. Ties break on the value, so the choice never depends
+    on the order reaches arrive in (the larger of two sizes: a file grown between listings)."""
+    kind, value = reach
+    if kind == MATCHED:
+        return 0, -value, ""
+    if kind == UNLISTABLE:
+        return 1, 0, value
+    return 2, 0, ""
+
+
+def _preferred(best, reach):
+    """The preferred of two reaches; None (nothing reached yet) is never preferred. Equal
+    preferences are equal reaches, so which comes first does not matter."""
+    if best is None or reach is None:
+        return reach if best is None else best
+    return min(best, reach, key=_preference)
+
+
+class _MergeReaches(beam.CombineFn):
+    """The reaches of one path -> (how many, the preferred reach). A combiner, so a path
+    reached by many lines is merged on the workers before any shuffle, and nothing is sorted."""
+
+    def create_accumulator(self):
+        return 0, None
+
+    def add_input(self, accumulator, reach):
+        times, best = accumulator
+        return times + 1, _preferred(best, reach)
+
+    def merge_accumulators(self, accumulators):
+        times, best = 0, None
+        for count, reach in accumulators:
+            times, best = times + count, _preferred(best, reach)
+        return times, best
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def _units_of_path(item):
+    """(path, (times reached, preferred reach)) -> its one unit, then one duplicate_uri
+    rejection per further reach, so read = rejected + labeled counts every line and match."""
+    path, (times, (kind, value)) = item
+    yield ("rejected", path, value) if kind == UNLISTABLE else ("file", path, value)
+    for _ in range(times - 1):
+        yield "rejected", path, DUPLICATE_URI
 
 
 def _is_listing(line):
@@ -105,25 +163,19 @@ def _is_listing(line):
     return bool(stripped) and not stripped.startswith("#")
 
 
-def _listed_uris(pcoll, list_path):
-    """URIs of a list file; a URI listed more than once is read once, the rest rejected.
+def _listed_units(pcoll, list_path):
+    """The units of a list file: one per path reached, by any number of lines and globs, and
+    a duplicate_uri rejection per further reach (see _units_of_path).
 
     A URI is its line exactly (ReadFromText removes only the line break): names may begin
     or end with spaces, and a path is never edited into another file's name.
     """
-    counted = (pcoll
-               | "ReadList" >> beam.io.ReadFromText(list_path)
-               | "DropBlankAndComments" >> beam.Filter(_is_listing)
-               | "CountListings" >> beam.combiners.Count.PerElement())
-
-    def first_and_repeats(item):
-        uri, times = item
-        yield uri
-        for _ in range(times - 1):
-            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(uri, "duplicate_uri: listed more than once", "read"))
-
-    return counted | "SplitRepeats" >> beam.FlatMap(first_and_repeats).with_outputs(REJECTED, main="uris")
-
+    return (pcoll
+            | "ReadList" >> beam.io.ReadFromText(list_path)
+            | "DropBlankAndComments" >> beam.Filter(_is_listing)
+            | "ExpandGlobs" >> beam.ParDo(_ExpandListedUri())
+            | "MergeReachesPerPath" >> beam.CombinePerKey(_MergeReaches())
+            | "OneUnitPerPath" >> beam.FlatMap(_units_of_path))
 
 
 def read_image_file(uri, size, max_bytes):
@@ -274,19 +326,16 @@ class ListUnits(beam.PTransform):
             name, split = parse_tfds(source.spec)
             return (pbegin | "TfdsRanges" >> beam.Create(
                 [("tfds", start, end) for start, end in tfds_ranges(name, split, source.data_dir, source.tfds_ranges)]))
-        rejections = []
         if source.input_format == "list":
-            listed = _listed_uris(pbegin, source.spec)
-            rejections.append(listed[REJECTED])
-            expanded = listed.uris | "ExpandGlobs" >> beam.ParDo(_ExpandListedUri()).with_outputs(REJECTED, main="uris")
-            rejections.append(expanded[REJECTED])
-            paths = expanded.uris
-        else:
-            matched = (pbegin
-                       | "Pattern" >> beam.Create([source.spec])
-                       | "Match" >> beam.ParDo(_MatchInput()).with_outputs(REJECTED, main="paths"))
-            rejections.append(matched[REJECTED])
-            paths = matched.paths
+            units = _listed_units(pbegin, source.spec)
+            self.found = (units,)
+            return units
+        rejections = []
+        matched = (pbegin
+                   | "Pattern" >> beam.Create([source.spec])
+                   | "Match" >> beam.ParDo(_MatchInput()).with_outputs(REJECTED, main="paths"))
+        rejections.append(matched[REJECTED])
+        paths = matched.paths
         kind = "tfrecord" if source.input_format == "tfrecord" else "file"
         if kind == "file":  # a TFRecord path is a file of unknown many images
             self.found = (*rejections, paths)

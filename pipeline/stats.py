@@ -101,16 +101,17 @@ class Facts(beam.PTransform):
 
     def expand(self, collections):
         c = collections
-        originals = c["written"] | "Originals" >> beam.Filter(lambda item: item[1] == 0)
-        copies = c["written"] | "Copies" >> beam.Filter(lambda item: item[1] > 0)
+        # "written" holds one (Prediction, copies) per kept image: kept counts them, duplicates
+        # their extra copies. "unavailable" holds one (Prediction, copy_index, reason) per lost copy.
+        extra_copies = c["written"] | "ExtraCopies" >> beam.MapTuple(lambda image, copies: (image.label, copies - 1))
         facts = [
             _count(c["read"], "read"),
             _count(c["rejected"], "rejected"),
             _count(c["labeled"], "labeled"),
             _count(c["below"], "below_threshold"),
             _count(c["over_cap"], "over_cap"),
-            _count(originals, "kept"),
-            _count(copies, "duplicates"),
+            _count(c["written"], "kept"),
+            _fact(extra_copies | "DuplicateCounts" >> beam.Values(), "duplicates", beam.CombineGlobally(sum)),
             _count(c["unavailable"] | "UnavailableOriginals" >> beam.Filter(lambda item: item[1] == 0), "unavailable"),
             _count(c["unavailable"] | "UnavailableCopies" >> beam.Filter(lambda item: item[1] > 0),
                    "unavailable_copies"),
@@ -118,8 +119,9 @@ class Facts(beam.PTransform):
             _fact(c["rejected_files"], "rejected_files", beam.combiners.ToList()),
             _per_class_count(c["rejected"], "rejected_by_reason", lambda rejection: rejection.category),
             _per_class_count(c["labeled"], "class_labeled", lambda image: image.label),
-            _per_class_count(originals, "class_kept", lambda item: item[0].label),
-            _per_class_count(copies, "class_duplicates", lambda item: item[0].label),
+            _per_class_count(c["written"], "class_kept", lambda item: item[0].label),
+            _fact(extra_copies, "class_duplicates",
+                  beam.CombinePerKey(sum) | "DuplicatesToDict" >> beam.combiners.ToDict()),
             _per_class_count(c["over_cap"], "class_over_cap", lambda image: image.label),
             _per_class_count(c["unavailable"] | "ClassUnavailableOriginals" >> beam.Filter(lambda item: item[1] == 0),
                              "class_unavailable", lambda item: item[0].label),

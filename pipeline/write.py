@@ -1,21 +1,27 @@
 """Deterministic sharded files in a staging directory: train records and rejection lines.
 
-Each item goes to the shard `records.shard_of(identity)`; every shard is grouped, sorted by
-identity and written in one pass, so the same inputs give byte-identical shards on any
-runner and any number of workers. All shards are written, empty ones included, so the
-`-of-NNNNN` names never lie.
+Every item goes to a shard chosen from its content; every shard is grouped, sorted and written
+in one pass, so the same inputs give byte-identical shards on any runner and any number of
+workers. All shards are written, empty ones included, so the `-of-NNNNN` names never lie.
 
-Train shards: only the index entry and copy index cross the GroupByKey, packed into about
-170 bytes per record (`elements.pack`, which says why); the writer fetches each record's
-image bytes itself (pipeline/fetch.py: parallel reads, a bounded window ahead) and streams
-the records to the file in sorted order, so no image bytes cross a shuffle and no shard is
-ever held whole in memory. The shard count comes from the data: the selected inputs' bytes
-(copies included) over --target_shard_mb, unless --num_shards fixes it; pipeline.select
-computes it in a pass of its own (its _CountTrainShards says why). Rejection lines are small
-and are written as they are grouped.
+Train shards: one element per selected image crosses the GroupByKey, its index entry and copy
+count packed into about 190 bytes with a 49-character URI (`elements.pack`, which says why), to the shard
+`records.shard_of(its content key)`. The writer orders the shard's records (every copy of
+every image) by `records.record_order`, which spreads an image's copies through the shard;
+it fetches each image's bytes once (pipeline/fetch.py: parallel reads, a bounded window
+ahead), in the order of the image's first record, writes every copy from them, and streams the
+records to the file, so no image bytes cross a shuffle, no image is fetched or decoded twice,
+and no shard is ever held whole in memory (copies still to write wait on local disk). The shard
+count comes from the data: the selected inputs' bytes (copies included) over
+--target_shard_mb, unless --num_shards fixes it; pipeline.select computes it in a pass of its
+own (its _CountTrainShards says why). Rejection lines are small and are written as they are
+grouped, in --rejected_shards shards (by default sized from the volume expected:
+`rejection_shard_count`).
 """
 
 import math
+import os
+import tempfile
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -25,11 +31,21 @@ from pipeline import decode, elements, fetch, records
 from pipeline.elements import Rejection
 
 UNAVAILABLE = "unavailable"
+# Rejection lines per rejected-* shard when --rejected_shards is 0. A shard's lines are grouped
+# onto one worker and sorted there in memory: a million lines of ~200 bytes is a few hundred MB
+# at most, while one shard for a 100M-image job (a 10M-line rejection list) would be one hot key
+# holding gigabytes on one worker.
+REJECTION_LINES_PER_SHARD = 1_000_000
 
 
 def train_shard_count(total_bytes, target_mb):
     """Enough shards of about --target_shard_mb each (--num_shards, when set, replaces this)."""
     return max(1, math.ceil(total_bytes / (target_mb << 20)))
+
+
+def rejection_shard_count(expected_lines):
+    """rejected-* shards for about `expected_lines` lines (known before stage 2 runs)."""
+    return max(1, math.ceil(expected_lines / REJECTION_LINES_PER_SHARD))
 
 
 def _grouped_by_shard(keyed, every_shard):
@@ -38,9 +54,42 @@ def _grouped_by_shard(keyed, every_shard):
     return (keyed, every_shard) | "WithEmptyShards" >> beam.Flatten() | "GroupShards" >> beam.GroupByKey()
 
 
+class _SpillStore:
+    """Stored image bytes waiting for their image's next copies: a file each in a private
+    temporary directory on local disk, deleted after the image's last copy.
+
+    Copies of one image are spread through the shard (records.record_order), so its bytes
+    wait from its first record to its last: in memory that would be up to every unique image
+    of the shard (~--target_shard_mb, per writer thread), so they wait on disk instead."""
+
+    def __init__(self):
+        self._directory = tempfile.TemporaryDirectory(prefix="train-copies-")
+
+    def _path(self, position):
+        return os.path.join(self._directory.name, str(position))
+
+    def put(self, position, data):
+        with open(self._path(position), "wb") as handle:
+            handle.write(data)
+
+    def get(self, position, last):
+        with open(self._path(position), "rb") as handle:
+            data = handle.read()
+        if last:
+            os.remove(self._path(position))
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self._directory.cleanup()
+
+
 class _WriteTrainShard(beam.DoFn):
-    """(shard, [packed (Prediction, copy_index) or None]) -> (file name, records written);
-    a record whose input cannot be fetched goes to UNAVAILABLE as (Prediction, copy_index, reason)."""
+    """(shard, [packed (Prediction, copies) or None]) -> (file name, records written). Each
+    image is fetched once; a copy whose image cannot be fetched goes to UNAVAILABLE as
+    (Prediction, copy_index, reason), one per lost copy (each is one rejection line)."""
 
     def __init__(self, directory, source, max_pixels, max_side, decode_memory_mb, threads):
         self._directory, self._source = directory, source
@@ -48,28 +97,54 @@ class _WriteTrainShard(beam.DoFn):
         self._threads = fetch.parallel_reads(source, threads)
         self._shared_memory = shared.Shared()
         self._written = beam.metrics.Metrics.counter("WriteRecords", "train_written")
+        self._fetched = beam.metrics.Metrics.counter("WriteRecords", "images_fetched")
         self._unavailable = beam.metrics.Metrics.counter("WriteRecords", "unavailable")
 
     def setup(self):
         self._memory = decode.shared_memory(self._shared_memory, self._decode_memory_mb)
 
     def _stored(self, item):
-        prediction, _ = item
+        _, packed = item
+        prediction, _ = elements.unpack(packed)
         return fetch.stored_image(prediction, self._source, self._max_pixels, self._max_side, self._memory)
 
     def process(self, shard, num_shards):
         index, items = shard
-        ordered = sorted(item for item in items if item is not None)  # packed: sorts by record key
-        unpacked = (elements.unpack(packed) for packed in ordered)  # one at a time, as they are fetched
+        images = [packed for packed in items if packed is not None]
+        copies, order = [], []  # copies per image; (record_order, image position) per record
+        for position, packed in enumerate(images):
+            prediction, image_copies = elements.unpack(packed)
+            copies.append(image_copies)
+            order += [(records.record_order(prediction.key, prediction.uri, copy_index), position)
+                      for copy_index in range(image_copies)]
+        order.sort()
+        # Each image is fetched once, ahead of its first record, in the order of those records.
+        first_seen = dict.fromkeys(position for _, position in order)
+        fetched = fetch.fetched_in_order(((position, images[position]) for position in first_seen), self._stored,
+                                         self._threads, 2 * self._threads)
+        done = [0] * len(images)  # copies written (or lost) so far, per image
+        failed = {}  # image position -> why it could not be fetched, while copies of it remain
         name = records.shard_name(records.TRAIN_PREFIX, index, num_shards, records.TRAIN_SUFFIX)
         count = 0
-        with FileSystems.create(FileSystems.join(self._directory, name),
-                                mime_type="application/octet-stream") as handle:
-            for item, stored in fetch.fetched_in_order(unpacked, self._stored, self._threads, 2 * self._threads):
-                prediction, copy_index = item
-                if isinstance(stored, fetch.FetchFailed):
+        with _SpillStore() as spill, FileSystems.create(FileSystems.join(self._directory, name),
+                                                        mime_type="application/octet-stream") as handle:
+            for (_, _, copy_index), position in order:
+                prediction, _ = elements.unpack(images[position])
+                done[position] += 1
+                last = done[position] == copies[position]
+                if done[position] == 1:
+                    _, stored = next(fetched)
+                    self._fetched.inc()
+                    if isinstance(stored, fetch.FetchFailed):
+                        failed[position] = str(stored)
+                    elif not last:
+                        spill.put(position, stored)
+                elif position not in failed:
+                    stored = spill.get(position, last)
+                if position in failed:
+                    reason = failed.pop(position) if last else failed[position]
                     self._unavailable.inc()
-                    yield beam.pvalue.TaggedOutput(UNAVAILABLE, (prediction, copy_index, str(stored)))
+                    yield beam.pvalue.TaggedOutput(UNAVAILABLE, (prediction, copy_index, reason))
                     continue
                 handle.write(records.tfrecord_frame(records.to_example(prediction, stored, copy_index)))
                 count += 1
@@ -78,7 +153,7 @@ class _WriteTrainShard(beam.DoFn):
 
 
 class WriteTrainShards(beam.PTransform):
-    """(Prediction, copy_index) -> {"files": (name, count) per shard, UNAVAILABLE: ...}.
+    """(Prediction, copies) -> {"files": (name, count) per shard, UNAVAILABLE: ...}.
     `shard_count`: a PCollection of one int, computed without these records (see
     pipeline.select's _CountTrainShards for why)."""
 
@@ -95,7 +170,8 @@ class WriteTrainShards(beam.PTransform):
         keyed = (written
                  | "Pack" >> beam.MapTuple(elements.pack)
                  | "KeyByShard" >> beam.Map(
-                     lambda packed, n: (records.shard_of(elements.packed_key(packed), n), packed), num_shards))
+                     lambda packed, n: (records.shard_of(elements.packed_content_key(packed), n), packed),
+                     num_shards))
         shards = (_grouped_by_shard(keyed, every_shard)
                   | "WriteShard" >> beam.ParDo(self._writer, num_shards).with_outputs(UNAVAILABLE, main="files"))
         return {"files": shards.files, UNAVAILABLE: shards[UNAVAILABLE]}

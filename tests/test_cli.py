@@ -224,11 +224,16 @@ def test_allow_random_teacher_changes_neither_run_id_nor_manifest():
     base = LabelSettings(teacher="t", input="i", output="o")
     allowed = dataclasses.replace(base, allow_random_teacher=True, progress_every_s=1, decode_threads=7,
                                   fetch_threads=3)
-    for settings in ("prediction_settings", "selection_settings"):
+    for settings in ("identity_settings", "selection_settings"):
         assert getattr(allowed, settings)() == getattr(base, settings)()
         assert "allow_random_teacher" not in getattr(base, settings)()
     assert dataclasses.replace(base, min_confidence=0.5).selection_settings() != base.selection_settings()
-    assert dataclasses.replace(base, temperature=2.0).prediction_settings() != base.prediction_settings()
+    assert dataclasses.replace(base, temperature=2.0).identity_settings() != base.identity_settings()
+    # What changes no prediction is recorded per run, not part of the index's identity.
+    moved = dataclasses.replace(base, input="elsewhere/i", max_batch_size=7, teacher_strategy="tpu", tpu="local",
+                                decode_memory_mb=9)
+    assert moved.identity_settings() == base.identity_settings()
+    assert moved.recorded_settings() != base.recorded_settings()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ replace with a proxy that fails, or pauses, at a chosen operation.
 
 import json
 import os
+import threading
 
 import pytest
 from apache_beam.io.filesystems import FileSystems
@@ -142,6 +143,7 @@ class FaultyFileSystems:
     def __init__(self, fail_at=None, mode="before", before_each=None):
         self.fail_at, self.mode, self.before_each = fail_at, mode, before_each
         self.count, self.failed, self.log = 0, None, []
+        self._lock = threading.Lock()  # the commit moves and deletes chunks from several threads
 
     def __getattr__(self, name):
         real = getattr(FileSystems, name)
@@ -149,8 +151,9 @@ class FaultyFileSystems:
             return real
 
         def operation(*args, **kwargs):
-            index, self.count = self.count, self.count + 1
-            self.log.append(name)
+            with self._lock:
+                index, self.count = self.count, self.count + 1
+                self.log.append(name)
             if self.before_each:
                 self.before_each(index, name)
             if index != self.fail_at:

@@ -234,9 +234,13 @@ def test_dedup_groups_index_entries_not_image_bytes():
                 grouped.append(node.full_label)
 
     pipeline.visit(FindGroupings())
-    # Dedup runs in selection, on index entries (labels and URIs): no image bytes exist there to group.
-    assert grouped == ["Dedup/GroupByContent"], grouped
-    assert_that(result.unique | beam.Map(lambda c: c.uri), equal_to(["0000.png", "other.png"]), label="Unique")
+    # Dedup runs in selection, on index entries (labels and URIs): no image bytes exist there to
+    # group. It groups URIs in a combiner (the survivor of each content), then packed entries
+    # with their survivor: no group is ever sorted, and a hot content is routed by lookup.
+    assert grouped == ["Dedup/SmallestUri/CombinePerKey(PreCombineFn)/GroupByKey",
+                       "Dedup/SmallestUri/CombinePerKey(PostCombineFn)/GroupByKey",
+                       "Dedup/JoinSurvivor/CoGroupByKeyImpl/GroupByKey"], grouped
+    assert_that(result["unique"] | beam.Map(lambda c: c.uri), equal_to(["0000.png", "other.png"]), label="Unique")
     assert_that(result[selection.REJECTED] | beam.Map(lambda r: r.reason),
                 equal_to(["duplicate: same content as 0000.png"] * (copies - 1)), label="Rejected")
     pipeline.run()

@@ -37,7 +37,7 @@ def test_full_job_builds_with_dataflow_runner(photo_folder, tiny_teacher, tmp_pa
                      f"--dataflow_service_options={T4}", "--sdk_container_image=registry/label:gpu",
                      "--select_machine_type=n2-highmem-8", "--select_container_image=registry/label:cpu")
     predict_names = _stage_names(results.predict, depth=2)
-    for stage in ("ListInputs", "AssignShards", "GroupUnitsByShard", "PredictShards", "CommitIndex"):
+    for stage in ("ListInputs", "AssignBuckets", "GroupUnitsByBucket", "PredictShards", "CommitIndex"):
         assert f"Predict/{stage}" in predict_names, sorted(predict_names)
     names = _stage_names(results.select)
     for stage in (*SELECT_STAGES, "Deduplicate"):

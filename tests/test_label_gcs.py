@@ -7,7 +7,7 @@ own reads, shard writes, renames and manifest commit all go through the emulator
 
 import json
 
-from pipeline import label, records, select
+from pipeline import buckets, label, records, select
 
 BUCKET = "labeling-test"  # the bucket conftest's gcs_emulator creates
 
@@ -25,7 +25,8 @@ def test_gs_input_and_output(gcs_emulator, photo_folder, tiny_teacher):
     names = sorted(blob.name for blob in bucket.list_blobs(prefix="labels/"))
     index_document = json.loads(bucket.blob("labels/predictions/index.json").download_as_bytes())
     assert names == ["labels/manifest.json", "labels/predictions/index.json",
-                     *(f"labels/predictions/{shard}" for shard in index_document["shards"]),
+                     *sorted(f"labels/predictions/{name}" for shard in index_document["shards"]
+                             for name in (shard["name"], buckets.units_name(shard["name"]))),
                      "labels/rejected-00000-of-00001.jsonl", "labels/stats.json",
                      "labels/train-00000-of-00002.tfrecord", "labels/train-00001-of-00002.tfrecord"]
     assert index_document["counts"] == {"read": 8, "labeled": 6, "rejected": 2}

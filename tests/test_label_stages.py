@@ -58,14 +58,14 @@ def test_the_index_holds_labels_and_uris_but_no_image_bytes(photo_folder, tiny_t
     folder, good, bad = photo_folder
     _label(tiny_teacher, f"{folder}/*", tmp_path / "out", "--min_confidence=0")
     document = index.read_index(str(tmp_path / "out" / "predictions"))
-    entries = [entry for name in document["shards"]
-               for entry in index.read_shard(str(tmp_path / "out" / "predictions" / name))]
+    entries = [entry for shard in document["shards"]
+               for entry in index.read_shard(str(tmp_path / "out" / "predictions" / shard["name"]))]
     predictions = [entry for entry in entries if isinstance(entry, Prediction)]
     assert document["counts"] == {"read": len(entries), "labeled": len(predictions),
                                   "rejected": len(entries) - len(predictions)}
     assert len(predictions) == len(good) and len(entries) == len(good) + len(bad)
     assert all(isinstance(entry, Rejection) for entry in entries if os.path.basename(entry.uri) in bad)
-    index_bytes = sum(len(data) for data in _files(tmp_path / "out" / "predictions", "predictions-*").values())
+    index_bytes = sum(len(data) for data in _files(tmp_path / "out" / "predictions", "predictions-*.tfrecord").values())
     image_bytes = sum((folder / name).stat().st_size for name in good)
     assert index_bytes < 400 * len(entries) < image_bytes, (index_bytes, image_bytes)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -88,12 +88,12 @@ def test_a_changed_prediction_setting_needs_overwrite_and_replaces_the_index(pho
     predictions = tmp_path / "p"
     _label(tiny_teacher, f"{folder}/*", tmp_path / "a", f"--predictions={predictions}")
     before = set(_files(predictions, "predictions-*"))
-    with pytest.raises(UsageError, match="holds the prediction index of another teacher, input or prediction"):
+    with pytest.raises(UsageError, match="holds the prediction index of another teacher or prediction settings"):
         _label(tiny_teacher, f"{folder}/*", tmp_path / "b", f"--predictions={predictions}", "--temperature=2")
     _label(tiny_teacher, f"{folder}/*", tmp_path / "b", f"--predictions={predictions}", "--temperature=2",
            "--overwrite")
     after = set(_files(predictions, "predictions-*"))
-    assert after and not after & before, "the old run's shards are removed, none is reused"
+    assert after and not after & before, "the old index's shards are removed, none is reused"
     assert index.read_index(str(predictions))["settings"]["temperature"] == 2
 
 
@@ -133,16 +133,16 @@ def test_a_killed_prediction_run_resumes_from_its_published_shards(tiny_teacher,
                f"--output={tmp_path / 'killed'}", "--max_batch_size=8", "--allow_random_teacher", *flags]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while len(list(predictions.glob("predictions-*"))) < 5 and time.time() < deadline and process.poll() is None:
+    while len(list(predictions.glob("predictions-*.tfrecord"))) < 5 and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    published = {path.name: path.stat().st_mtime_ns for path in predictions.glob("predictions-*")}
+    published = {path.name: path.stat().st_mtime_ns for path in predictions.glob("predictions-*.tfrecord")}
     assert len(published) >= 5 and not (predictions / "index.json").exists(), "killed before stage 1 ended"
 
     results = _label(tiny_teacher, f"{images}/*", tmp_path / "killed", *flags)
     counters = _counters(results.predict)
-    total = len(index.read_index(str(predictions))["shards"])  # shard indices no unit hashed to have no file
+    total = len(index.read_index(str(predictions))["shards"])  # buckets no unit hashed to have no shard
     assert counters[("PredictShards", "shards_resumed")] == len(published)
     assert counters[("PredictShards", "shards_computed")] == total - len(published)
     assert {name: (predictions / name).stat().st_mtime_ns for name in published} == published, "not rewritten"

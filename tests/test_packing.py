@@ -1,9 +1,10 @@
-"""pipeline.elements.pack: index entries cross selection's shuffles as short bytes that sort
-as their record keys and unpack to exactly the Prediction packed."""
+"""pipeline.elements.pack: a selected image (index entry and copy count) crosses selection's
+shuffles as short bytes that unpack to exactly the Prediction packed; records.record_order
+orders a shard's records by content, copies spread."""
 
 import numpy as np
 
-from pipeline import elements
+from pipeline import elements, records
 from pipeline.elements import Prediction
 
 
@@ -13,12 +14,14 @@ def _prediction(uri, key="ab" * 32, distribution=None, offset=-1):
                       distribution)
 
 
-def test_a_packed_prediction_unpacks_to_itself_and_its_copy_index():
+def test_a_packed_prediction_unpacks_to_itself_and_its_copy_count():
     for prediction in (_prediction("gs://bucket/images/a.jpg"),
                        _prediction("/data/train-00001.tfrecord#17", offset=4_096),
                        _prediction("/photos/été|2024.png")):  # a "|" in a URI: the key has none
-        for copy_index in (0, 1, 12):
-            assert elements.unpack(elements.pack(prediction, copy_index)) == (prediction, copy_index)
+        for copies in (1, 2, 130_000):
+            packed = elements.pack(prediction, copies)
+            assert elements.unpack(packed) == (prediction, copies)
+            assert elements.packed_content_key(packed) == prediction.key
 
 
 def test_the_distribution_survives_as_float32():
@@ -28,12 +31,19 @@ def test_the_distribution_survives_as_float32():
     np.testing.assert_array_equal(unpacked.distribution, distribution)
 
 
-def test_packed_bytes_sort_as_record_keys():
-    # Prefixes of one another ("a|1" / "a|10", "x.jpg" / "x.jpg2"), non-ASCII, other keys.
-    records = [(_prediction(uri, key), copy_index)
-               for key in ("0f" * 32, "ab" * 32, "f0" * 32)
-               for uri in ("x.jpg", "x.jpg2", "x.jpg|", "é.jpg", "Z.jpg", "x.jp")
-               for copy_index in (0, 1, 2, 10, 11)]
-    by_bytes = [elements.unpack(packed) for packed in sorted(elements.pack(*record) for record in records)]
-    assert by_bytes == sorted(records, key=lambda record: elements.record_key(*record))
-    assert all(elements.packed_key(elements.pack(*record)) == elements.record_key(*record) for record in records)
+def test_records_are_ordered_by_content_with_copies_spread():
+    keys = [f"{index:02x}" * 32 for index in range(6)]
+    order = sorted(records.record_order(key, f"/photos/{index}.png", copy_index)
+                   for index, key in enumerate(keys) for copy_index in range(4))
+    by_key = {key: f"/photos/{index}.png" for index, key in enumerate(keys)}
+    # The same contents under other URIs: the same order of (key, copy index).
+    elsewhere = sorted(records.record_order(key, f"/other/dir/{index}.png", copy_index)
+                       for index, key in enumerate(keys) for copy_index in range(4))
+    assert [(digest, copy) for digest, _, copy in order] == [(digest, copy) for digest, _, copy in elsewhere]
+    # Copies of one image are not side by side: at most a few of the 24 neighbours share an image.
+    images = [uri for _, uri, _ in order]
+    assert sum(a == b for a, b in zip(images, images[1:])) <= 4, images
+    assert sorted(set(images)) == sorted(by_key.values())
+    # Identical content under two URIs: the hash ties, the URI decides, then the copy.
+    tied = sorted([records.record_order(keys[0], "b.png", 0), records.record_order(keys[0], "a.png", 0)])
+    assert [uri for _, uri, _ in tied] == ["a.png", "b.png"]
