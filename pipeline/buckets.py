@@ -137,6 +137,26 @@ def _write_dropped(directory, shard_name, bucket, num_buckets, dropped):
     return name
 
 
+def fingerprint(document):
+    """Identifies an index.json document (None: no index). The DoFns carry this, not the
+    document: at 130M images index.json is megabytes, and a Dataflow job's graph, which holds
+    the pickled DoFns, is limited to 10 MB."""
+    return None if document is None else hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def previous_index(directory, expected):
+    """The index.json a run grows, read where it runs: None for a new index; raises when the
+    directory holds another document than the one the run was built for (the claim keeps
+    other stage-1 jobs out, so only a person can have changed it)."""
+    if expected is None:
+        return None
+    document = index.read_index(directory)
+    if fingerprint(document) != expected:
+        raise RuntimeError(f"{directory}/{index.INDEX_FILE} changed after this stage-1 job started; it stopped "
+                           "without writing anything. Rerun it.")
+    return document
+
+
 def index_document(base, previous, bucket_records, num_buckets, run):
     """index.json for a run: `base` (identity and teacher), `bucket_records` {bucket: {digest,
     parts}} from every bucket, `run` {input, settings} of this run."""

@@ -54,7 +54,7 @@ class _PredictShard(beam.DoFn):
     def __init__(self, directory, run_id, source, handler, max_pixels, decode_memory_mb, batch_size, read_threads,
                  decode_threads, previous=None):
         self._directory, self._run_id, self._source = directory, run_id, source
-        self._previous = previous
+        self._previous_id = buckets.fingerprint(previous)  # the document itself is read in setup
         self._handler, self._batch_size = handler, batch_size
         self._read_threads, self._decode_threads = read_threads, decode_threads
         self._max_pixels, self._decode_memory_mb = max_pixels, decode_memory_mb
@@ -76,6 +76,7 @@ class _PredictShard(beam.DoFn):
         self._batch_done = beam.metrics.Metrics.distribution("Label", "batch_done_ms")
 
     def setup(self):
+        self._previous = buckets.previous_index(self._directory, self._previous_id)
         self._memory = decode.shared_memory(self._shared_memory, self._decode_memory_mb)
         on_device = self._handler.on_device()
         if on_device:
@@ -272,12 +273,12 @@ class _CommitIndex(beam.DoFn):
     needs (shards of another index, or of a killed run over another list); yields it."""
 
     def __init__(self, directory, index_base, previous, run, claim):
-        self._directory, self._index_base, self._previous = directory, index_base, previous
+        self._directory, self._index_base, self._previous_id = directory, index_base, buckets.fingerprint(previous)
         self._run, self._claim = run, claim
 
     def process(self, bucket_records, num_buckets):
-        document = buckets.index_document(self._index_base, self._previous, dict(bucket_records), num_buckets,
-                                          self._run)
+        previous = buckets.previous_index(self._directory, self._previous_id)
+        document = buckets.index_document(self._index_base, previous, dict(bucket_records), num_buckets, self._run)
         index.write_index(self._directory, document, keep=buckets.referenced_files(document), claim=self._claim)
         yield document
 
