@@ -13,7 +13,7 @@ first) chains the product's own entry points, each run as a user would:
 
 and prints test accuracy and error of teacher, student 1 and student 2, and the pseudo-labels'
 accuracy against the hidden labels. It fails unless student 1 cuts its teacher's test error
-by --min_error_cut (25%). --seed picks the split and every training seed. Every run's files
+by --min_error_cut (15%). --seed picks the split and every training seed. Every run's files
 stay under --workdir (the loop's layout: teacher/, round1/labels, round1/report.html,
 round1/student, ..., logs/, summary.json).
 """
@@ -111,7 +111,11 @@ def main():
     parser.add_argument("--student_steps", type=int, default=recipe.STUDENT_STEPS)
     parser.add_argument("--min_confidence", type=float, default=recipe.MIN_CONFIDENCE)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data split and of every training run.")
-    parser.add_argument("--min_error_cut", type=float, default=0.25,
+    # 15%, not more: on seed 0 a permutation of the same pseudo-label records (their order in
+    # the shards) moved the cut between 23% and 30%, and a control with the student's schedule
+    # on the labeled images alone does worse than the teacher, so 15% still fails a loop whose
+    # pseudo-labels add nothing (README, "The demo").
+    parser.add_argument("--min_error_cut", type=float, default=0.15,
                         help="Fail unless student 1's test error is at most (1 - this) x its teacher's.")
     parser.add_argument("--require_improvement", action=argparse.BooleanOptionalAction, default=True,
                         help="Check --min_error_cut (off for smoke runs of a few steps).")

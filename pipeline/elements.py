@@ -54,9 +54,10 @@ class Prediction(NamedTuple):
         return f"{self.key}|{self.uri}"
 
 
-# Predictions cross selection's shuffles packed into one short bytes object (189 B with a 49-character URI and top-5). The local
-# runner (FnApiRunner) holds all the data crossing a shuffle at once, several times over (its
-# buffers, the data channel's protos, the grouped values), so there memory grows with the bytes
+# Predictions cross selection's shuffles packed into one short bytes object (189 B with a
+# 49-character URI and top-5). The local runner (FnApiRunner) holds all the data crossing a
+# shuffle at once, several times over (its buffers, the data channel's protos, the grouped
+# values), so there memory grows with the bytes
 # per image; a Prediction as Python objects, or as Beam's pickled encoding, costs more
 # (measured, stage 2 alone on 40k tiny images: peak RSS 956 MB with Predictions, 922 MB with a
 # first packing of ~350 B, pickle inside). One packed element is one selected image with its

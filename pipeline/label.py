@@ -123,12 +123,14 @@ def run(argv=None, test_pipeline=None, select_test_pipeline=None):
     document = index_base(settings, meta)
     directory = settings.predictions_dir()
     previous = index.read_index(directory)
-    if previous and (previous.get("schema_version") != index.SCHEMA_VERSION or previous["run_id"] != document["run_id"]):
+    other = previous and (previous.get("schema_version"), previous["run_id"]) != (index.SCHEMA_VERSION,
+                                                                                 document["run_id"])
+    if other:
         if not settings.overwrite:
             raise UsageError(f"{directory} holds the prediction index of another teacher or prediction settings "
-                             f"({', '.join(options.IDENTITY_FIELDS)}); pass --overwrite to replace it, or "
-                             "--predictions=DIR for another place (python -m pipeline.select re-selects from an "
-                             "index without the teacher).")
+                             f"({', '.join(options.IDENTITY_FIELDS)}), or one of an older format; pass --overwrite "
+                             "to replace it, or --predictions=DIR for another place (python -m pipeline.select "
+                             "re-selects from an index without the teacher).")
         previous = None  # replaced: the commit removes its files
     # Its own options object even when the args are equal: submitting stage 1 to Dataflow
     # writes its job name and staging paths into the options it was given.
@@ -154,8 +156,8 @@ def run(argv=None, test_pipeline=None, select_test_pipeline=None):
     if committed is None and not dry_run:
         raise RuntimeError(f"stage 1 ended without an index in {directory}: its job has not finished (a runner that "
                            "does not block?); run python -m pipeline.select once it has.")
-    selected = select.run_pipeline(select_opts, lambda pipeline: select.build(pipeline, settings, committed or document),
-                                   select_test_pipeline)
+    selected = select.run_pipeline(
+        select_opts, lambda pipeline: select.build(pipeline, settings, committed or document), select_test_pipeline)
     return Results(predicted, selected)
 
 

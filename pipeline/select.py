@@ -19,7 +19,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 
 from models import cli
-from pipeline import beam_flags, buckets, commit, dataflow_stages, index, options, records, selection, sources, stats, write
+from pipeline import (beam_flags, buckets, commit, dataflow_stages, index, options, records, selection, sources, stats,
+                      write)
 from pipeline.elements import Rejection
 from pipeline.options import UsageError
 
