@@ -69,25 +69,31 @@ class _CountTrainShards(beam.PTransform):
     """The predictions selection chooses from -> the train shard count (one int): --num_shards,
     or the selected inputs' bytes (copies included) over --target_shard_mb.
 
-    It sums what selection keeps from the same (deduplicated) `labeled` collection that Select
-    reads, in a branch of its own (selection.SelectedBytes: a combiner per class, so it holds
-    nothing per image), rather than summing the records on their way to the writers: the
-    writers' keying needs the count, so on the local runner (FnApiRunner) a count taken from
-    those records would hold every one of them until the sum is known (measured: 40 MB more at
-    40k tiny images). Taking `labeled` rather than reading the index again runs --dedup once per
-    job (tests/test_label_copies.py checks its counter) and costs less: this branch holds no more
-    than per-class combiner state, while a second read feeds a second dedup's shuffles
-    (measured, stage 2 alone on FnApiRunner, 20k tiny images, --dedup --per_class=30000: peak
-    RSS 950 MB from `labeled`, 1018 MB with the second read; the same output bytes)."""
+    It sums what selection keeps in a branch of its own (selection.SelectedBytes: a combiner per
+    class, so it holds nothing per image), rather than summing the records on their way to the
+    writers: the writers' keying needs the count, so on the local runner (FnApiRunner) a count
+    taken from those records would hold every one of them until the sum is known (measured:
+    40 MB more at 40k tiny images). Which entries it sums:
+    - with --dedup, the deduplicated `labeled` collection that Select reads, so dedup runs once
+      per job (tests/test_label_copies.py checks its counter); Select's shuffles stand between
+      `labeled` and the writers, so nothing waits for the count (measured, stage 2 alone on
+      FnApiRunner, 20k tiny images, --dedup --per_class=30000: peak RSS 950 MB, against 1018 MB
+      reading the index again for a second dedup; the same output bytes);
+    - without it, the index read again: without --per_class no shuffle stands between
+      `labeled` and the writers' keying, so a count from `labeled` would make the local runner
+      hold every record until the sum is known (measured, both stages, 20k -> 200k tiny images:
+      peak RSS +20% that way). A second read costs the index's bytes, a few hundred per image."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, index_run_id):
         super().__init__()
-        self._settings = settings
+        self._settings, self._index_run_id = settings, index_run_id
 
     def expand(self, labeled):
         s = self._settings
         if s.num_shards:
             return labeled.pipeline | "Fixed" >> beam.Create([s.num_shards])
+        if not s.dedup:
+            labeled, _ = _labeled(_read_index(labeled.pipeline, s, self._index_run_id), s)
         return (labeled
                 | "SelectedBytes" >> selection.SelectedBytes(s.min_confidence, s.per_class, s.balance)
                 | "ShardCount" >> beam.Map(write.train_shard_count, s.target_shard_mb))
@@ -131,7 +137,7 @@ def build(pipeline, settings, index_document):
     entries = _read_index(pipeline, s, index_document["run_id"])
     labeled, rejection_sets = _labeled(entries, s)
     selected = labeled | "Select" >> selection.Select(s.min_confidence, s.per_class, s.balance)
-    shard_count = labeled | "CountTrainShards" >> _CountTrainShards(s)
+    shard_count = labeled | "CountTrainShards" >> _CountTrainShards(s, index_document["run_id"])
     train = selected["written"] | "WriteRecords" >> write.WriteTrainShards(
         staging, source, s.max_pixels, s.max_side, s.decode_memory_mb, s.fetch_threads, shard_count)
     rejected = tuple(rejection_sets) | "AllRejections" >> beam.Flatten()
