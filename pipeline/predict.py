@@ -144,7 +144,7 @@ class _PredictShard(beam.DoFn):
                 handle.write(records.tfrecord_frame(entry))
                 per_unit[unit][1 if kind == "labeled" else 2] += 1
                 progress[kind] += 1
-                if sum(progress.values()) >= _PROGRESS_EVERY:
+                if sum(progress.values()) >= self._batch_size:  # progress moves by teacher batch
                     yield from (beam.pvalue.TaggedOutput(PROGRESS, item) for item in progress.items())
                     progress.clear()
         yield from (beam.pvalue.TaggedOutput(PROGRESS, item) for item in progress.items())
@@ -246,8 +246,6 @@ class _PredictShard(beam.DoFn):
                 yield index.prediction_entry(prediction), "labeled", position
 
 
-# Entries between two progress reports of a shard being predicted.
-_PROGRESS_EVERY = 64
 # Batches each process keeps in flight to a teacher on a device: one running, one ready.
 _IN_FLIGHT = 2
 
