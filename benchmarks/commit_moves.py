@@ -23,12 +23,11 @@ side runs on an emulator of its own (gcp-storage-emulator, in memory), changed i
 
 import argparse
 import concurrent.futures
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
+
+from benchmarks import gcs_emulator
 
 # pipeline.commit (TensorFlow with it) and benchmarks.storage_reads are imported where they are
 # used: the emulator's own process imports this module for `serve`, and needs neither.
@@ -64,22 +63,11 @@ def serve(port, latency_ms):
 
 class _Emulator:
     def __init__(self, latency_ms):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = gcs_emulator.free_port()
         self.url = f"http://127.0.0.1:{port}"
         self._server = subprocess.Popen([sys.executable, "-c", "import sys; from benchmarks.commit_moves import serve; "
                                          f"serve({port}, {latency_ms})"], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self._server.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("the GCS emulator did not start within 60 s")
-                time.sleep(0.2)
+        gcs_emulator.wait_for_port(port, self._server, 60)
 
     def stop(self):
         self._server.terminate()

@@ -6,7 +6,7 @@ import typing
 
 from apache_beam import coders
 
-from benchmarks import shuffle_bytes
+from benchmarks import shuffle_bytes, shuffle_elements
 from pipeline import buckets, elements, index, records, write
 
 
@@ -32,7 +32,7 @@ def test_shuffle_bytes_accounts_for_every_shuffle_with_beams_own_coders():
     assert incremental["read"]["images"] == 1_000 * shuffle_bytes.IMAGE_BYTES
 
     # The sizes for a 49-character gs:// URI and top-5, exactly as the project's functions give them.
-    prediction = shuffle_bytes.prediction_of(7, 49, 5, 10)
+    prediction = shuffle_elements.prediction_of(7, 49, 5, 10)
     assert len(prediction.uri) == 49 and prediction.uri.startswith("gs://")
     packed = elements.pack(prediction)
     assert len(packed) == 64 + 1 + 49 + 1 + 26 + 4 * (2 * 5 + 2) == result["sizes"]["packed"] == 189
