@@ -7,7 +7,9 @@ every shard and every aggregate exists, this step (one element, at the end of th
 every runner) checks that the counts close and only then publishes.
 
 manifest.json is the commit marker: readers (student.train, pipeline.report) refuse a
-directory without one, and it lists the files of the run relative to OUT_DIR. Publishing
+directory without one, and it lists the files of the run relative to OUT_DIR, with the
+record count of every train shard (files.train_counts, in files.train order; they add up
+to counts.written), which the student takes its epoch sizes and resume positions from. Publishing
 keeps one invariant at every instant, on local disk and on object stores alike: if
 manifest.json exists, every file it lists exists and holds that run's bytes. Steps:
 
@@ -360,7 +362,10 @@ class Commit(beam.DoFn):
             "run_nonce": self._run_nonce,
             "counts": counts,
             "rejected_by_reason": document["rejected_by_reason"],
+            # train_counts: records per train shard, in files.train order (what the shard writers
+            # wrote), so the student sizes shares and resumes without reading the shards.
             "files": {"train": [name for name, _ in train_files],
+                      "train_counts": [int(count) for _, count in train_files],
                       "rejected": [name for name, _ in rejected_files]},
         })
         _Publisher(self._output, self._staging, manifest, self._previous, self._overwrite).publish(document)

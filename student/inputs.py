@@ -7,15 +7,17 @@ batch (and on every replica, so BatchNorm sees the same mix everywhere).
 
 Input position (the resume guarantee). Each stream is a pure function of (seed, input
 pipeline, position): epoch e of a stream is its records in an order permuted by a seed
-derived from e (file order, then a shuffle of `shuffle_buffer`-record windows), and the
-example at position p is augmented with a seed derived from p. Step s therefore consumes exactly the
-examples at positions [s * B, (s + 1) * B) of each stream (per pipeline), and a run
-resumed at step s rebuilds its streams from those positions: it sees the same examples
-with the same augmentation as a run that never stopped. Rebuilding reads and parses,
-without decoding images, the records of the current epoch that precede the position
-(`Dataset.skip` before the augmentation);
+derived from e (file order, then a shuffle of `shuffle_buffer`-record windows inside each
+file: student/epochs.py), and the example at position p is augmented with a seed derived
+from p. Step s therefore consumes exactly the examples at positions [s * B, (s + 1) * B) of
+each stream (per pipeline), and a run resumed at step s rebuilds its streams from those
+positions: it sees the same examples with the same augmentation as a run that never
+stopped. Rebuilding does not replay the epoch: the files before the position are left out
+by their record counts (the labeling manifest's per-shard counts for --pseudo; counted once
+for a TFRecord --labeled; known to TFDS, which slices its split), and only the records of
+the partly used file before the position are read (not parsed, not decoded);
 `--resume_input=reseed` skips nothing and starts a fresh permutation derived from the
-step instead (no replay cost, not bit-identical).
+step instead (not bit-identical).
 
 Undecodable images. A record whose image does not decode (or fails to augment) does not
 stop training: it is skipped, and its slot in the batch is filled with a copy of another
@@ -36,54 +38,36 @@ import sys
 
 import tensorflow as tf
 
-from student import augment, pseudo
+from student import augment, epochs, pseudo
 
 _MAX_EPOCHS = 1 << 40
 _EVAL_CHUNK = 64  # eval images decoded together (and their failures counted) in one nested dataset
 LABELED_STREAM, PSEUDO_STREAM = 0, 1
 
 
-def _fold(seed, *values):
-    for value in values:
-        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(value, tf.int64))
-    return seed
+_fold = epochs.fold
 
 
-def shuffle_windows(records, window, seed):
-    """Permutes consecutive windows of `window` records, each by a seed derived from `seed`.
-
-    tf.data's shuffle buffer takes only a Python seed, so inside a per-epoch function it
-    would repeat one permutation every epoch; this stateless window shuffle takes a tensor
-    seed. With the per-epoch file order and the interleave across files, a window the size
-    of a shuffle buffer mixes records as locally as the buffer would, at the same memory
-    (one window of encoded records).
-    """
-
-    def permute(index, batch):
-        count = tf.shape(tf.nest.flatten(batch)[0])[0]
-        order = tf.random.experimental.stateless_shuffle(tf.range(count), _fold(seed, index))
-        return tf.nest.map_structure(lambda values: tf.gather(values, order), batch)
-
-    return records.batch(window).enumerate().map(permute).unbatch()
-
-
-def example_stream(records_for_epoch, num_records, start_position, seed, shuffle_buffer):
+def example_stream(share, start_position, seed, shuffle_buffer):
     """(position, record) pairs from `start_position` on, epoch after epoch, reproducibly.
 
-    `seed` is an int64 [2] tensor naming the stream; `records_for_epoch(order_seed)` is a
-    source's records with the file order set by `order_seed`.
+    `seed` is an int64 [2] tensor naming the stream; `share` is an epochs.Share. The first
+    epoch starts inside itself (epochs.Share.epoch: whole files before the position are not
+    read); the later ones are built from the epoch number by one function.
     """
+    num_records = share.num_records
     if num_records < 1:
         raise ValueError("An input stream needs at least one record.")
     start_epoch, offset = divmod(int(start_position), int(num_records))
 
-    def one_epoch(epoch):
+    def one_epoch(epoch, offset=0):
         epoch_seed = _fold(seed, epoch)
-        records = shuffle_windows(records_for_epoch(epoch_seed), shuffle_buffer, _fold(epoch_seed, 1))
-        positions = tf.data.Dataset.range(epoch * num_records, (epoch + 1) * num_records)
+        records = share.epoch(epoch_seed, shuffle_buffer, _fold(epoch_seed, 1), offset)
+        positions = tf.data.Dataset.range(epoch * num_records + offset, (epoch + 1) * num_records)
         return tf.data.Dataset.zip(positions, records)
 
-    return tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(one_epoch).skip(offset)
+    later = tf.data.Dataset.range(start_epoch + 1, _MAX_EPOCHS).flat_map(one_epoch)
+    return one_epoch(tf.constant(start_epoch, tf.int64), offset).concatenate(later)
 
 
 def _assemble(positions, targets, survivor_slots, survivor_images):
@@ -180,7 +164,9 @@ class InputBuilder:
 
     def _labeled_batches(self, input_context, start_step, per_replica_batch):
         pipeline, pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
-        records_for_epoch, num_records = self.labeled_source.records(pipeline, pipelines)
+        # --labeled_examples (counted once at start-up when not given) is the one pipeline's epoch size.
+        share = self.labeled_source.share(pipeline, pipelines,
+                                          self.config.labeled_examples if pipelines == 1 else None)
         examples_per_step = self.config.batch_size // pipelines
         seed = self.stream_seed(LABELED_STREAM, pipeline, start_step)
         num_classes = self.num_classes
@@ -193,21 +179,21 @@ class InputBuilder:
             with tf.control_dependencies([check, tf.debugging.assert_non_negative(label)]):
                 return tf.identity(tf.cast(label, tf.int32))
 
-        stream = example_stream(records_for_epoch, num_records, self.start_position(start_step, examples_per_step),
-                                seed, self.config.shuffle_buffer)
+        stream = example_stream(share, self.start_position(start_step, examples_per_step), seed,
+                                self.config.shuffle_buffer)
         return self._train_batches(stream, seed, target, per_replica_batch, "labeled")
 
     def _pseudo_batches(self, input_context, start_step, per_replica_batch):
         pipeline, pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
-        records_for_epoch, num_records = self.pseudo_source.records(pipeline, pipelines)
+        share = self.pseudo_source.share(pipeline, pipelines)
         examples_per_step = self.config.pseudo_batch_size // pipelines
         seed = self.stream_seed(PSEUDO_STREAM, pipeline, start_step)
 
         def target(record):
             return pseudo.soft_targets(record, self.num_classes, self.config.hard_pseudo_labels)
 
-        stream = example_stream(records_for_epoch, num_records, self.start_position(start_step, examples_per_step),
-                                seed, self.config.shuffle_buffer)
+        stream = example_stream(share, self.start_position(start_step, examples_per_step), seed,
+                                self.config.shuffle_buffer)
         return self._train_batches(stream, seed, target, per_replica_batch, "pseudo")
 
     def _train_batches(self, stream, seed, target, per_replica_batch, stream_name):

@@ -5,7 +5,9 @@ the `train-*.tfrecord` shards is the commit marker of a finished run, so a direc
 without it is refused, as is a manifest whose schema or class count does not match, or
 whose teacher class names (written by the job since they were added to the manifest)
 differ from the labeled data's, in order. Only the shards the manifest lists are read
-(the --pseudo glob selects among them), and student.train pins the manifest's run_nonce
+(the --pseudo glob selects among them), each with the record count the manifest gives it
+(files.train_counts: every share's size and resume skip come from them, no shard is read to
+count), and student.train pins the manifest's run_nonce
 (else run_id) in config.json so a resumed run refuses a directory relabelled in between.
 
 Targets: the teacher's top-k probabilities renormalised over the top k (Noisy Student's
@@ -59,19 +61,24 @@ class PseudoSource:
         """
         return self.manifest.get("run_nonce") or self.manifest.get("run_id")
 
+    @property
+    def file_counts(self):
+        """Records per selected file, from the manifest's files.train_counts (checked by open_pseudo)."""
+        listed = dict(zip(self.manifest["files"]["train"], self.manifest["files"]["train_counts"]))
+        return [int(listed[os.path.basename(name)]) for name in self.files]
+
+    def share(self, pipeline_index=0, num_pipelines=1):
+        """This pipeline's share as an epochs.Share; its size and every resume skip come from the
+        manifest's per-shard counts, so nothing is read to count it."""
+        counts = self.file_counts
+        share = sources.tfrecord_share(self.files, lambda: counts, pipeline_index, num_pipelines, self._parse)
+        share.total = sum(share.count_segments())
+        return share
+
     def records(self, pipeline_index=0, num_pipelines=1):
-        """(records_for_epoch(order_seed=None), record count) of this pipeline's share.
-
-        The manifest's `written` count is the epoch size when this pipeline reads every
-        shard the manifest lists; any other share is counted (one pass over its bytes).
-        """
-        def records_for_epoch(order_seed=None):
-            return sources.tfrecord_records(self.files, pipeline_index, num_pipelines, self._parse, order_seed)
-
-        listed = sorted(os.path.join(os.path.dirname(self.pattern), name) for name in self.manifest["files"]["train"])
-        if num_pipelines == 1 and listed == self.files:
-            return records_for_epoch, int(self.manifest["counts"]["written"])
-        return records_for_epoch, sources.count_records(records_for_epoch())
+        """(records_for_epoch(order_seed=None), record count) of this pipeline's share."""
+        share = self.share(pipeline_index, num_pipelines)
+        return share.records_for_epoch, share.num_records
 
     def _parse(self, record):
         features = {
@@ -191,4 +198,25 @@ def open_pseudo(pattern, labeled_num_classes, flag="pseudo", labeled_class_names
         raise ConfigError(f"--{flag}: the labeling run in {directory} wrote no records (read "
                           f"{counts.get('read')}, rejected {counts.get('rejected')}, below --min_confidence "
                           f"{counts.get('below_threshold')}); there is nothing to co-train on.")
-    return PseudoSource(pattern, manifest_files(pattern, manifest, path, flag), manifest)
+    files = manifest_files(pattern, manifest, path, flag)
+    _check_train_counts(manifest, path, flag)
+    return PseudoSource(pattern, files, manifest)
+
+
+def _check_train_counts(manifest, path, flag):
+    """files.train_counts (records per train shard, in files.train order) must be there and add up
+    to counts.written: the student takes every epoch size and resume skip from them. Manifests
+    written before the job recorded them are refused rather than counted (a pass over every
+    shard at every start is what they replace)."""
+    counts = manifest["files"].get("train_counts")
+    if counts is None:
+        raise ConfigError(f"--{flag}: {path} has no files.train_counts (records per train shard), which "
+                          "pipeline.label writes since the student stopped counting shards at start-up; relabel "
+                          "with this version of pipeline.label.")
+    if (not isinstance(counts, list) or len(counts) != len(manifest["files"]["train"])
+            or not all(isinstance(count, int) and count >= 0 for count in counts)):
+        raise ConfigError(f"--{flag}: {path} files.train_counts must be a list of record counts (integers >= 0), "
+                          "one per name in files.train.")
+    if sum(counts) != int(manifest["counts"]["written"]):
+        raise ConfigError(f"--{flag}: {path} files.train_counts add up to {sum(counts)} records but counts.written "
+                          f"is {manifest['counts']['written']}; the manifest is inconsistent.")

@@ -15,10 +15,12 @@ Inception crop can decode only the cropped window of a JPEG.
 """
 
 import dataclasses
+import functools
 import os
 
 import tensorflow as tf
 
+from student import epochs
 from student.config import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -30,13 +32,17 @@ class LabeledSource:
     description: str
     num_classes: int
     class_names: tuple  # None when the source does not name its classes
-    # (pipeline_index, num_pipelines) -> (records_for_epoch, num_records), where
-    # records_for_epoch(order_seed=None) is the share's records, in an order that
-    # depends only on `order_seed` (an int64 [2] tensor; None keeps the stored order).
-    make_records: object
+    # (pipeline_index, num_pipelines, known_total) -> epochs.Share of that pipeline; known_total
+    # (--labeled_examples, one pipeline) replaces a count that would cost a pass.
+    make_share: object
+
+    def share(self, pipeline_index=0, num_pipelines=1, known_total=None):
+        return self.make_share(pipeline_index, num_pipelines, known_total)
 
     def records(self, pipeline_index=0, num_pipelines=1):
-        return self.make_records(pipeline_index, num_pipelines)
+        """(records_for_epoch(order_seed=None), record count) of one pipeline's share."""
+        share = self.share(pipeline_index, num_pipelines)
+        return share.records_for_epoch, share.num_records
 
 
 def count_records(dataset):
@@ -54,23 +60,45 @@ def matching_files(pattern, flag):
     return files
 
 
-def tfrecord_records(files, pipeline_index, num_pipelines, parse, order_seed=None):
-    """Records of this pipeline's share of `files`, in an order set by `order_seed`.
+def read_tfrecord_file(name):
+    """The raw records of one TFRecord file: every read of student input goes through here."""
+    return tf.data.TFRecordDataset(name)
 
-    Shards by file when there are enough files (each host reads only its own), else by
-    record. The file order is permuted by `order_seed`; `interleave(deterministic=True)`
-    keeps the record order reproducible across runs.
+
+def count_file_records(files):
+    """Records per file, in order: one pass over the files' bytes (nothing parsed), files in parallel."""
+    counts = tf.data.Dataset.from_tensor_slices(files).map(
+        lambda name: read_tfrecord_file(name).reduce(tf.constant(0, tf.int64), lambda count, _: count + 1),
+        num_parallel_calls=_READ_PARALLELISM, deterministic=True)
+    return [int(count) for count in counts]
+
+
+def tfrecord_share(files, file_counts, pipeline_index, num_pipelines, parse, total=None):
+    """This pipeline's share of TFRecord `files` as an epochs.Share; `file_counts()` gives the
+    records of every file (in order), and is called only when a count is needed.
+
+    Shards by file when there are enough files (each host reads only its own), else every
+    pipeline reads every file and keeps every num_pipelines-th record of each.
     """
     if len(files) >= num_pipelines:
-        files = tf.constant(files[pipeline_index::num_pipelines])
-        if order_seed is not None:
-            files = tf.random.experimental.stateless_shuffle(files, order_seed)
-        dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
-            tf.data.TFRecordDataset, cycle_length=min(int(files.shape[0]), _READ_PARALLELISM),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        chosen = list(range(pipeline_index, len(files), num_pipelines))
+
+        def read(name, order_seed, skip):
+            return read_tfrecord_file(name).skip(skip)
+
+        def count_segments():
+            counts = file_counts()
+            return [counts[index] for index in chosen]
     else:
-        dataset = tf.data.TFRecordDataset(files).shard(num_pipelines, pipeline_index)
-    return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        chosen = list(range(len(files)))
+
+        def read(name, order_seed, skip):
+            return read_tfrecord_file(name).shard(num_pipelines, pipeline_index).skip(skip)
+
+        def count_segments():
+            return [len(range(pipeline_index, count, num_pipelines)) for count in file_counts()]
+
+    return epochs.Share([files[index] for index in chosen], read, parse, count_segments, total)
 
 
 def _tfds(spec, split, data_dir, flag):
@@ -79,21 +107,45 @@ def _tfds(spec, split, data_dir, flag):
     name = spec[len("tfds:"):]
     builder = tfds.builder(name, data_dir=data_dir)
     label = builder.info.features["label"]
+    # One file at a time, so that TFDS's read order is its split's order and a slice of the
+    # split starts where skipping records would (the default interleaves 16 files).
+    read_config = tfds.ReadConfig(interleave_cycle_length=1)
 
-    def make_records(pipeline_index, num_pipelines):
+    def make_share(pipeline_index, num_pipelines, known_total=None):
         # even_splits gives each host an exact, disjoint sub-split whose size TFDS knows.
         subsplit = tfds.even_splits(split, n=num_pipelines)[pipeline_index] if num_pipelines > 1 else split
-        try:
-            dataset = builder.as_dataset(split=subsplit, shuffle_files=False,
-                                         decoders={"image": tfds.decode.SkipDecoding()})
-        except (AssertionError, ValueError, KeyError) as error:
-            raise ConfigError(f"--{flag}={spec} split {subsplit!r}: {error}") from error
-        dataset = dataset.map(lambda example: {"image": example["image"], "label": example["label"]})
-        # TFDS shuffles records across its files when it prepares a dataset, so the stored
-        # file order serves every epoch; the record shuffle buffer does the rest.
-        return (lambda order_seed=None: dataset), count_records(dataset)
 
-    return LabeledSource(f"{spec} [{split}]", label.num_classes, tuple(label.names), make_records)
+        def as_dataset(instruction):
+            try:
+                dataset = builder.as_dataset(split=instruction, shuffle_files=False, read_config=read_config,
+                                             decoders={"image": tfds.decode.SkipDecoding()})
+            except (AssertionError, ValueError, KeyError) as error:
+                raise ConfigError(f"--{flag}={spec} split {subsplit!r}: {error}") from error
+            return dataset.map(lambda example: {"image": example["image"], "label": example["label"]})
+
+        whole = as_dataset(subsplit)
+
+        def read(segment_name, order_seed, skip):
+            if not skip:
+                return whole
+            # A resume's skip (a Python int) becomes TFDS split slicing: TFDS's file instructions
+            # leave out the files before it and skip records inside one file only.
+            instruction = tfds.core.ReadInstruction.from_spec(subsplit) if isinstance(subsplit, str) else subsplit
+            sliced, left = [], skip
+            for part in instruction.to_absolute(builder.info.splits):
+                split_name, begin, end = part.splitname, part.from_, part.to
+                if end - begin > left:
+                    sliced.append(tfds.core.ReadInstruction(split_name, from_=begin + left, to=end, unit="abs"))
+                left = max(0, left - (end - begin))
+            return as_dataset(sum(sliced[1:], sliced[0]))
+
+        # TFDS shuffles records across its files when it prepares a dataset: the share is one
+        # segment, read in the stored order every epoch, and the window shuffle does the rest.
+        total = count_records(whole)  # TFDS knows its splits' sizes: no pass
+        return epochs.Share([subsplit if isinstance(subsplit, str) else str(subsplit)], read, lambda record: record,
+                            lambda: [total], total)
+
+    return LabeledSource(f"{spec} [{split}]", label.num_classes, tuple(label.names), make_share)
 
 
 def _image_folder(directory, flag):
@@ -110,23 +162,24 @@ def _image_folder(directory, flag):
                           f"images ({', '.join(IMAGE_EXTENSIONS)}); found {len(class_names)} subfolders and "
                           f"{len(paths)} images.")
 
-    def make_records(pipeline_index, num_pipelines):
+    def make_share(pipeline_index, num_pipelines, known_total=None):
         share = slice(pipeline_index, None, num_pipelines)
         share_paths, share_labels = tf.constant(paths[share]), tf.constant(labels[share], tf.int64)
 
-        def records_for_epoch(order_seed=None):
-            # The listing is grouped by class, far beyond what a shuffle buffer can mix, so
-            # the whole list (small: paths only) is permuted each epoch.
+        def read(segment_name, order_seed=None, skip=0):
+            # The listing is grouped by class, far beyond what a shuffle window can mix, so the
+            # whole list (small: paths only) is permuted each epoch; a skip drops paths, unread.
             order = tf.range(tf.shape(share_paths)[0])
             if order_seed is not None:
                 order = tf.random.experimental.stateless_shuffle(order, order_seed)
-            return tf.data.Dataset.from_tensor_slices(order).map(
+            return tf.data.Dataset.from_tensor_slices(order).skip(skip).map(
                 lambda index: {"image": tf.io.read_file(share_paths[index]), "label": share_labels[index]},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-        return records_for_epoch, len(paths[share])
+        count = len(paths[share])
+        return epochs.Share([directory], read, lambda record: record, lambda: [count], count)
 
-    return LabeledSource(f"{directory} (image folder)", len(class_names), class_names, make_records)
+    return LabeledSource(f"{directory} (image folder)", len(class_names), class_names, make_share)
 
 
 def _tfrecords(pattern, num_classes, label_offset, flag):
@@ -141,13 +194,16 @@ def _tfrecords(pattern, num_classes, label_offset, flag):
         example = tf.io.parse_single_example(record, features)
         return {"image": example["image/encoded"], "label": example["image/class/label"] - label_offset}
 
-    def make_records(pipeline_index, num_pipelines):
-        def records_for_epoch(order_seed=None):
-            return tfrecord_records(files, pipeline_index, num_pipelines, parse, order_seed)
+    # Counted once per source (one pass, nothing parsed), and only when a count is needed: the
+    # epoch size without --labeled_examples, a share of several pipelines, a resume's skip, or
+    # the eval set's size (which every evaluation used to recount).
+    file_counts = functools.cache(lambda: count_file_records(files))
 
-        return records_for_epoch, count_records(records_for_epoch())
+    def make_share(pipeline_index, num_pipelines, known_total=None):
+        return tfrecord_share(files, file_counts, pipeline_index, num_pipelines, parse,
+                              known_total if num_pipelines == 1 else None)
 
-    return LabeledSource(f"{pattern} ({len(files)} TFRecord files)", num_classes, None, make_records)
+    return LabeledSource(f"{pattern} ({len(files)} TFRecord files)", num_classes, None, make_share)
 
 
 def open_source(spec, *, split="train", data_dir=None, num_classes=None, label_offset=0, flag="labeled"):

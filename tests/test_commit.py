@@ -122,8 +122,10 @@ def assert_published(root, job, others=()):
     """`job`'s run is committed in `root` and OUT_DIR holds nothing else of any run."""
     assert assert_consistent(root, {job.nonce: job.files}) == job.nonce
     manifest = json.loads(_read(FileSystems.join(root, commit.MANIFEST_FILE)))
-    assert manifest["counts"]["written"] == sum(
-        len(list(records.read_tfrecords(FileSystems.join(root, name)))) for name in manifest["files"]["train"])
+    # Every train shard's count, which the student sizes its input from, is that shard's records.
+    assert manifest["files"]["train_counts"] == [
+        len(list(records.read_tfrecords(FileSystems.join(root, name)))) for name in manifest["files"]["train"]]
+    assert manifest["counts"]["written"] == sum(manifest["files"]["train_counts"])
     assert manifest["counts"]["rejected"] == sum(
         _read(FileSystems.join(root, name)).count(b"\n") for name in manifest["files"]["rejected"])
     left_staging = {other.staging[len(root) + 1:] for other in others}

@@ -118,7 +118,8 @@ def write_pseudo_labels(out_dir, num_classes=3, num_examples=24, top_k=2, num_sh
         "counts": {"read": num_examples, "rejected": 0, "labeled": num_examples, "below_threshold": 0,
                    "over_cap": 0, "kept": num_examples, "duplicates": 0, "written": num_examples},
         "rejected_by_reason": {},
-        "files": {"train": names, "rejected": []},
+        "files": {"train": names, "train_counts": [len(range(shard, num_examples, num_shards))
+                                                   for shard in range(num_shards)], "rejected": []},
     }
     for key, value in (manifest_overrides or {}).items():
         manifest[key] = value

@@ -51,7 +51,7 @@ def test_input_pipelines_of_a_multi_host_job_read_different_examples(builder):
 
 
 def test_each_epoch_visits_every_labeled_record_once(builder):
-    stream = inputs.example_stream(*builder.labeled_source.records(), start_position=0,
+    stream = inputs.example_stream(builder.labeled_source.share(), start_position=0,
                                    seed=tf.constant([0, 0], tf.int64), shuffle_buffer=4)
     positions, records = zip(*[(int(p), r["image"].numpy()) for p, r in stream.take(18)])
     assert positions == tuple(range(18))

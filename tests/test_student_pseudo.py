@@ -60,9 +60,24 @@ def test_the_full_distribution_is_used_when_the_job_wrote_it(tmp_path):
     assert (pseudo.soft_targets(record, 3).numpy() > 0).all()
 
 
-def test_a_subset_of_shards_is_counted_not_taken_from_the_manifest(tmp_path):
+def test_a_subset_of_shards_is_sized_from_the_manifests_per_shard_counts(tmp_path):
     write_pseudo_labels(str(tmp_path), num_examples=7, num_shards=2)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["counts"]["written"] == 7
     _, count = pseudo.open_pseudo(str(tmp_path / "train-00000-of-00002.tfrecord"), 3).records()
     assert count == 4
+
+
+@pytest.mark.parametrize("train_counts, message", [
+    (None, "has no files.train_counts .* relabel with this version of pipeline.label"),
+    ([4], "must be a list of record counts .* one per name in files.train"),
+    ([4, 4], "add up to 8 records but counts.written is 7"),
+])
+def test_a_manifest_without_consistent_per_shard_counts_is_refused(tmp_path, train_counts, message):
+    names = ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    files = {"train": names, "rejected": []}
+    if train_counts is not None:
+        files["train_counts"] = train_counts
+    pattern = write_pseudo_labels(str(tmp_path), num_examples=7, manifest_overrides={"files": files})
+    with pytest.raises(ConfigError, match=message):
+        pseudo.open_pseudo(pattern, 3)

@@ -1,0 +1,119 @@
+"""What the student input reads: nothing to count the pseudo set, one file at most to resume.
+
+Records are counted where they leave the TFRecord reader (sources.read_tfrecord_file, through
+which every student read of a TFRecord file goes), by a tf.data map that increments a variable.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from student import inputs, pseudo, sources
+from student.config import TrainConfig
+from test_student_fixtures import write_image_folder, write_labeled_tfrecords, write_pseudo_labels
+
+NUM_PSEUDO, NUM_SHARDS = 120, 4  # 30 records a shard (write_pseudo_labels deals records to shards in turn)
+SHARD_RECORDS = NUM_PSEUDO // NUM_SHARDS
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """A variable that counts every record read from a TFRecord file by the student input."""
+    counter = tf.Variable(0, dtype=tf.int64)
+    real = sources.read_tfrecord_file
+
+    def counted(name):
+        def count(record):
+            with tf.control_dependencies([counter.assign_add(1)]):
+                return tf.identity(record)
+
+        return real(name).map(count)
+
+    monkeypatch.setattr(sources, "read_tfrecord_file", counted)
+    return counter
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reads")
+    return {"images": write_image_folder(str(root / "images"), num_classes=3, per_class=3),
+            "pseudo": write_pseudo_labels(str(root / "pseudo"), num_examples=NUM_PSEUDO, num_shards=NUM_SHARDS,
+                                          image_size=32),
+            "labeled": write_labeled_tfrecords(str(root / "labeled-train"), num_examples=12)}
+
+
+def context(pipelines=1, pipeline=0):
+    return tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=pipeline,
+                                      num_replicas_in_sync=pipelines)
+
+
+def without_read_ahead(dataset):
+    """`dataset` with no prefetch added and no autotuned parallelism: what reaching an element
+    reads, rather than how far tf.data's buffers run ahead of it."""
+    options = tf.data.Options()
+    options.experimental_optimization.inject_prefetch = False
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
+def stream_items(stream, count):
+    return [(int(position), record["image"].numpy()) for position, record in stream.take(count)]
+
+
+def test_the_counter_counts_every_record_a_reader_yields_even_when_skipped(data, reads):
+    name = sorted(tf.io.gfile.glob(data["pseudo"]))[0]
+    next(iter(without_read_ahead(sources.read_tfrecord_file(name).skip(5))))
+    assert int(reads.numpy()) == 6
+
+
+def test_a_resume_at_90_percent_of_an_epoch_reads_at_most_one_file_before_its_first_example(data, reads):
+    share = pseudo.open_pseudo(data["pseudo"], 3).share()
+    assert share.count_segments() == [SHARD_RECORDS] * NUM_SHARDS and int(reads.numpy()) == 0
+    seed = tf.constant([7, 1], tf.int64)
+    position = NUM_PSEUDO + NUM_PSEUDO * 9 // 10  # 90% into the second epoch
+    resumed = inputs.example_stream(share, position, seed, shuffle_buffer=4)
+    first = stream_items(without_read_ahead(resumed), 1)
+    read_to_resume = int(reads.numpy())
+    assert 0 < read_to_resume <= SHARD_RECORDS
+    # The resumed stream is the uninterrupted one, across the next epoch boundary.
+    reads.assign(0)
+    uninterrupted = stream_items(inputs.example_stream(share, 0, seed, shuffle_buffer=4), position + 40)
+    assert int(reads.numpy()) >= position  # what reaching the position costs without skipping
+    assert first + stream_items(resumed.skip(1), 39) == uninterrupted[position:]
+    assert [p for p, _ in uninterrupted[position:]] == list(range(position, position + 40))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 0.9, 0.99])
+def test_every_resume_position_continues_the_uninterrupted_epoch(data, fraction):
+    share = pseudo.open_pseudo(data["pseudo"], 3).share(1, 2)  # the second of two pipelines
+    seed = tf.constant([3, 1], tf.int64)
+    position = int(share.num_records * fraction)
+    full = stream_items(inputs.example_stream(share, 0, seed, shuffle_buffer=7), position + 10)
+    assert stream_items(inputs.example_stream(share, position, seed, shuffle_buffer=7), 10) == full[position:]
+
+
+def _builder(data, **flags):
+    labeled = sources.open_source(flags.pop("labeled", data["images"]), num_classes=3)
+    config = TrainConfig(model="resnet_rs_tiny", labeled="x", model_dir="unused", pseudo="p", pseudo_ratio=3,
+                         batch_size=2, num_classes=3, shuffle_buffer=4, eval_batch_size=4, **flags)
+    return inputs.InputBuilder(config, labeled, pseudo.open_pseudo(data["pseudo"], 3),
+                               eval_source=sources.open_source(data["labeled"], num_classes=3, flag="eval"))
+
+
+def test_two_input_pipelines_start_without_reading_a_pseudo_record(data, reads):
+    builder = _builder(data)
+    datasets = [builder.train_dataset(context(2, pipeline), start_step=17) for pipeline in (0, 1)]
+    assert int(reads.numpy()) == 0  # start-up, resume position included: sizes from the manifest
+    batches = [next(iter(dataset)) for dataset in datasets]
+    assert int(reads.numpy()) > 0  # the counter does see the reads that training makes
+    assert all(batch["pseudo_images"].shape == (3, 32, 32, 3) for batch in batches)
+    assert not np.array_equal(batches[0]["pseudo_images"].numpy(), batches[1]["pseudo_images"].numpy())
+
+
+def test_labeled_examples_is_trusted_and_a_tfrecord_eval_set_is_counted_once(data, reads):
+    builder = _builder(data, labeled=data["labeled"], labeled_examples=12)
+    builder.train_dataset(context())
+    assert int(reads.numpy()) == 0  # neither --labeled (its count given) nor --pseudo was read
+    first = [builder.eval_dataset(context()) for _ in range(2)]
+    assert int(reads.numpy()) == 12  # the eval set's one counting pass, for both evaluations
+    assert [len(list(dataset)) for dataset in first] == [3, 3]  # 12 records in batches of 4
