@@ -19,7 +19,9 @@ contents. This job places and orders records by content: a record's train shard 
 sorted by `record_order` (a hash of key and copy index first, so an image's copies are spread
 through the shard rather than side by side, where they would defeat a reader's shuffle
 buffer). Reruns, 1 vs N workers, and the same images under another directory produce the same
-shards in the same order (only `image/source_uri` differs).
+shards in the same order (only `image/source_uri` differs). The student reads a shard whole,
+in this order, permuting it in windows that stay inside the shard (student/epochs.py), and
+takes each shard's record count from the manifest (files.train_counts) rather than reading it.
 """
 
 import hashlib

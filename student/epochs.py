@@ -110,4 +110,5 @@ class Share:
         # Windows start at the segment's first record, so the read starts at a window.
         first_window = skip // window
         records = self.read(name, order_seed, first_window * window)
-        return shuffle_windows(records, window, fold(window_seed, index), first_window).skip(skip - first_window * window)
+        windows = shuffle_windows(records, window, fold(window_seed, index), first_window)
+        return windows.skip(skip - first_window * window)

@@ -133,7 +133,9 @@ def _tfds(spec, split, data_dir, flag):
             instruction = tfds.core.ReadInstruction.from_spec(subsplit) if isinstance(subsplit, str) else subsplit
             sliced, left = [], skip
             for part in instruction.to_absolute(builder.info.splits):
-                split_name, begin, end = part.splitname, part.from_, part.to
+                # TFDS writes a bound at the split's start or end as None.
+                split_name, begin = part.splitname, part.from_ or 0
+                end = builder.info.splits[split_name].num_examples if part.to is None else part.to
                 if end - begin > left:
                     sliced.append(tfds.core.ReadInstruction(split_name, from_=begin + left, to=end, unit="abs"))
                 left = max(0, left - (end - begin))

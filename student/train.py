@@ -70,7 +70,8 @@ _HELP = {
     "randaugment_layers": "Override of the number of RandAugment ops per image (0 turns it off).",
     "crop_min_area": "Smallest area fraction of the Inception-style random crop (paper: 0.08).",
     "random_flip": "Random horizontal flips (off for images whose class depends on orientation).",
-    "shuffle_buffer": "Records per shuffle window of each input stream (see student/inputs.py).",
+    "shuffle_buffer": ("Records per shuffle window of each input stream; windows stay inside a file "
+                       "(student/epochs.py)."),
     "eval_batch_size": "Global eval batch.",
     "eval_every": "Evaluate the EMA weights every N steps (0: only at the end).",
     "checkpoint_every": "Checkpoint every N steps.",

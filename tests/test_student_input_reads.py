@@ -7,6 +7,7 @@ which every student read of a TFRecord file goes), by a tf.data map that increme
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from student import inputs, pseudo, sources
 from student.config import TrainConfig
@@ -117,3 +118,36 @@ def test_labeled_examples_is_trusted_and_a_tfrecord_eval_set_is_counted_once(dat
     first = [builder.eval_dataset(context()) for _ in range(2)]
     assert int(reads.numpy()) == 12  # the eval set's one counting pass, for both evaluations
     assert [len(list(dataset)) for dataset in first] == [3, 3]  # 12 records in batches of 4
+
+
+class TinyShapes(tfds.core.GeneratorBasedBuilder):
+    """40 small PNGs in 3 classes: a real prepared TFDS dataset (files, split metadata) for slicing."""
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(8, 8, 3)), "label": tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        rng = np.random.default_rng(0)
+        for index in range(40):
+            yield index, {"image": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), "label": index % 3}
+
+
+@pytest.mark.parametrize("pipelines", [1, 2])
+def test_a_tfds_share_resumed_by_split_slicing_continues_the_uninterrupted_stream(tmp_path, pipelines):
+    TinyShapes(data_dir=str(tmp_path)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(num_shards=4))
+    source = sources.open_source("tfds:tiny_shapes", split="train", data_dir=str(tmp_path))
+    share = source.share(pipelines - 1, pipelines)
+    assert share.num_records == 40 // pipelines
+    seed = tf.constant([5, 0], tf.int64)
+    full = stream_items(inputs.example_stream(share, 0, seed, shuffle_buffer=4), 2 * share.num_records)
+    assert sorted(image for _, image in full[:share.num_records]) == sorted(
+        image for _, image in full[share.num_records:])  # every record once an epoch
+    for position in (1, 9, share.num_records * 9 // 10, share.num_records + 3):
+        resumed = stream_items(inputs.example_stream(share, position, seed, shuffle_buffer=4), 6)
+        assert resumed == full[position:position + 6]
