@@ -23,6 +23,8 @@ import itertools
 
 import tensorflow as tf
 
+from student.config import ConfigError
+
 
 def fold(seed, *values):
     for value in values:
@@ -88,6 +90,11 @@ class Share:
         if int(offset):
             order = [int(index) for index in order.numpy()]
             counts = self.count_segments()
+            if self.total is not None and sum(counts) != int(self.total):
+                # A trusted size (--labeled_examples) that the files contradict would misplace the position.
+                raise ConfigError(f"--labeled_examples={self.total} but the files of --labeled hold {sum(counts)} "
+                                  "records; the resume position would be wrong. Pass the right count, or leave it "
+                                  "out to have it counted.")
             ends = itertools.accumulate(counts[index] for index in order)
             position = next((position for position, end in enumerate(ends) if end > int(offset)), None)
             if position is None:

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from student import inputs, pseudo, sources
-from student.config import TrainConfig
+from student.config import ConfigError, TrainConfig
 from test_student_fixtures import write_image_folder, write_labeled_tfrecords, write_pseudo_labels
 
 NUM_PSEUDO, NUM_SHARDS = 120, 4  # 30 records a shard (write_pseudo_labels deals records to shards in turn)
@@ -151,3 +151,10 @@ def test_a_tfds_share_resumed_by_split_slicing_continues_the_uninterrupted_strea
     for position in (1, 9, share.num_records * 9 // 10, share.num_records + 3):
         resumed = stream_items(inputs.example_stream(share, position, seed, shuffle_buffer=4), 6)
         assert resumed == full[position:position + 6]
+
+
+def test_a_labeled_examples_count_the_files_contradict_stops_a_resume_naming_the_flag(data):
+    builder = _builder(data, labeled=data["labeled"], labeled_examples=13)  # the files hold 12
+    builder.train_dataset(context())  # a fresh start trusts it: no pass over --labeled
+    with pytest.raises(ConfigError, match=r"--labeled_examples=13 but the files of --labeled hold 12"):
+        builder.train_dataset(context(), start_step=3)
