@@ -39,9 +39,7 @@ def _row(stage, label, element, size, count, assumption):
 def stage1_rows(size, listed, num_buckets, changed=0):
     """Stage 1's shuffles over `listed` list lines; `changed` buckets get a second shard record."""
     to_list = "Predict/BucketRecords/BucketRecords/CombinePerKey/GroupByKey"
-    return [_row(1, "Predict/ListInputs/MergeReachesPerPath/GroupByKey", "(uri, (1, ('literal', None))) accumulator",
-                 size["merge_reaches"], listed, "each line a distinct path: one accumulator per path (lifted)"),
-            _row(1, "Predict/GroupUnitsByBucket", "(bucket, ('file', uri, None))", size["unit"], listed, "per unit"),
+    return [_row(1, "Predict/GroupUnitsByBucket", "(bucket, ('file', uri, None))", size["unit"], listed, "per unit"),
             _row(1, "Predict/GroupUnitsByBucket", "(bucket, None)", size["bucket_marker"], num_buckets, "per bucket"),
             _row(1, to_list, "(bucket, {digest, parts}) in ToList", size["bucket_record"], num_buckets - changed,
                  "one per bucket")] + ([_row(1, to_list, "the same, 2 shards", size["bucket_record_two_shards"],
@@ -140,7 +138,7 @@ def measure(images=130_000_000, added=1_000_000, uri_chars=49, top_k=5, per_clas
         "unaccounted": unaccounted, "small": sum(label.startswith(SMALL) for label in graph), "sizes": size,
         "num_buckets": num_buckets, "train_shards": train_shards,
         "stage1": stage1, "stage1_gb": _gb(stage1), "cases": cases,
-        "per_image": {"stage1": size["merge_reaches"] + size["unit"],
+        "per_image": {"stage1": size["unit"],
                       "stage2": size["top_pre"] + size["top_post"] + size["sized_top_pre"] + size["sized_top_post"]
                       + size["join_image"] + size["join_copies"] + size["train_element"]},
         "files": {"index_entries": index_bytes, "units_json": images * size["units_row"]

@@ -139,9 +139,6 @@ def measure_elements(uri_chars, top_k, classes, num_buckets, train_shards, graph
 
     sizes = {
         "list_line": uri_chars + 1,
-        # A list line reaches its path once: the lifted accumulator (times, preferred reach).
-        "merge_reaches": _mean(coder["Predict/ListInputs/MergeReachesPerPath/GroupByKey"],
-                               [(u[1], (1, (sources.LITERAL, None))) for u in units]),
         "unit": _mean(units_by_bucket, [(buckets.bucket_of(u, num_buckets), u) for u in units]),
         "bucket_marker": _mean(units_by_bucket, [(b, None) for b in range(SAMPLES)]),
         "bucket_record": _per_held(to_list, None, lambda held: held, bucket_records([7935])),

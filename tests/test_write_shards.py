@@ -105,6 +105,32 @@ def test_placement_follows_the_content_key_only(tmp_path, spill_dir):
     assert sum(len(shard) for shard in shards) == sum(COPIES.values())
 
 
+def test_identical_contents_are_ordered_by_uri_and_the_writer_holds_no_shard_in_memory(tmp_path, spill_dir):
+    """Two files of one content (a duplicate kept without --dedup), each with copies: every
+    record's hash ties with the other file's copy of the same index, and the URI breaks the tie,
+    as records.record_order says. The shard's elements waited in a file (_ShardOnDisk), gone after."""
+    selected = _photos(tmp_path / "photos")
+    twin = tmp_path / "photos" / "0-twin-of-c.png"  # sorts before c.png
+    twin.write_bytes((tmp_path / "photos" / "c.png").read_bytes())
+    prediction, copies = next(item for item in selected if item[0].uri.endswith("c.png"))
+    selected.append((prediction._replace(uri=str(twin)), copies))
+    opened = []
+    init = write._ShardOnDisk.__init__
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(write._ShardOnDisk, "__init__", lambda self, items: (init(self, items), opened.append(self))[0])
+        counters = _write(selected, tmp_path / "photos", 1)
+    (shard,) = _read(tmp_path / "out", 1)
+    assert counters["images_fetched"] == len(COPIES) + 1 and len(shard) == sum(COPIES.values()) + copies
+    keys = {str(tmp_path / "photos" / f"{name}.png"): item[0].key for name, item in zip(COPIES, selected)}
+    keys[str(twin)] = prediction.key
+    got = [(record["image/source_uri"], record["label/copy_index"]) for record in shard]
+    assert got == sorted(got, key=lambda item: records.record_order(keys[item[0]], *item))
+    for copy in range(copies):  # each tie: the twin's record right before c.png's
+        at = got.index((str(twin), copy))
+        assert got[at + 1] == (prediction.uri, copy)
+    assert len(opened) == 1 and opened[0]._file.closed
+
+
 def test_an_image_lost_since_stage_1_loses_each_of_its_copies(tmp_path, spill_dir):
     selected = _photos(tmp_path / "photos")
     os.remove(tmp_path / "photos" / "c.png")  # five copies
