@@ -54,10 +54,15 @@ def shard_of(identity, num_shards):
     return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big") % num_shards
 
 
+def record_hash(key, copy_index):
+    """The 32 bytes that order a train record inside its shard, before any tie (record_order)."""
+    return hashlib.sha256(f"{key}|{copy_index}".encode()).digest()
+
+
 def record_order(key, uri, copy_index):
     """The sort key of a train record inside its shard: content first (the hash), the URI only
     between inputs of identical content, then the copy."""
-    return hashlib.sha256(f"{key}|{copy_index}".encode()).digest(), uri, copy_index
+    return record_hash(key, copy_index), uri, copy_index
 
 
 def bytes_feature(values):

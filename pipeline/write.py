@@ -115,7 +115,7 @@ class _ShardOnDisk:
             position = len(self._ends) - 1
             self._file.write(packed)
             self._ends.append(self._ends[-1] + len(packed))
-            self._keys += [records.record_order(prediction.key, "", copy_index)[0]
+            self._keys += [records.record_hash(prediction.key, copy_index)
                            + _POSITION.pack(position, copy_index) for copy_index in range(copies)]
         self._file.flush()  # read back with os.pread, past the file object's buffer
 
