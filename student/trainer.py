@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 import models
-from models import hardware
+from models import hardware, noise
 from student import recipe
 from teacher import devices
 
@@ -54,14 +54,17 @@ class Trainer:
         # Seeds the model's initial weights and the Keras seed generators of its dropout layers.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            self.model = models.create(config.model, config.num_classes, dtype_policy=
+            # replica_noise: each replica draws its own dropout and stochastic-depth masks from
+            # the mirrored seed state and its replica id (models/noise.py); stock Keras dropout
+            # would give image i of every replica the same mask.
+            self.model = models.create(config.model, config.num_classes, replica_noise=True, dtype_policy=
                                        "mixed_bfloat16" if config.precision == "bfloat16" else None)
             self.optimizer = recipe.make_optimizer(config)
             self.optimizer.build(self.model.trainable_variables)
         # Dropout/stochastic-depth randomness lives in Keras SeedGenerator variables, which a
         # checkpoint of the model alone does not track; saving them makes resumption exact.
-        seed_states = [v for v in self.model.variables if "seed_generator_state" in v.path]
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, seed_states=seed_states)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              seed_states=noise.seed_states(self.model))
         # Every worker of a multi-worker job must save (the save is collective), but only the
         # chief's checkpoints are kept; the others write to a scratch directory of their own
         # (deleted by `close`) and all of them restore from the chief's.
@@ -220,7 +223,11 @@ class Trainer:
                 "examples": int(count)}
 
     def final_model(self):
-        """A float32 Keras model holding the EMA weights, built outside the strategy for saving."""
+        """A float32 Keras model holding the EMA weights, built outside the strategy for saving.
+
+        It has stock Keras dropout (no `replica_noise`), so the saved file needs only Keras;
+        the two dropouts hold no weights and are the identity outside training.
+        """
         if self.optimizer.use_ema:
             self.optimizer.finalize_variable_values(self.model.trainable_variables)
         model = models.create(self.config.model, self.config.num_classes)
