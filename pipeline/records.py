@@ -49,9 +49,10 @@ def shard_name(prefix, index, num_shards, suffix):
     return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
 
 
-def shard_of(identity, num_shards):
-    """A record's shard, from its identity (a string): stable across runs and workers."""
-    return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big") % num_shards
+def shard_of(name, num_shards):
+    """A shard, from a string naming what goes in it (a content key, a unit id, a rejection):
+    stable across runs and workers."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % num_shards
 
 
 def record_hash(key, copy_index):
