@@ -46,7 +46,7 @@ def stage1_rows(size, listed, num_buckets, changed=0):
                                              changed, "buckets with new units")] if changed else [])
 
 
-def stage2_rows(size, labeled, shards, unique_kept, train_shards, rejected, per_class, classes):
+def stage2_rows(size, labeled, shards, unique_kept, rejected, per_class, classes):
     """Stage 2's shuffles: `labeled` entries, all above threshold (worst case), `unique_kept` kept."""
     held = min(labeled, selection.HOT_KEY_FANOUT * classes * per_class)  # a (sub-)key's heap keeps <= per_class
     bound = "<= each input once per shuffle (lifted heaps hold subsets)"
@@ -67,7 +67,6 @@ def stage2_rows(size, labeled, shards, unique_kept, train_shards, rejected, per_
              "the same, after fan-out", size["sized_top_post"], held, "as Select's"),
         _row(2, "WriteRecords/GroupShards", "(shard, pack(p, copies))", size["train_element"], unique_kept,
              "one per unique kept image, not per copy"),
-        _row(2, "WriteRecords/GroupShards", "(shard, None)", size["shard_marker"], train_shards, "one per shard"),
         _row(2, "WriteRejected/GroupShards", "(shard, JSON line)", size["rejection_element"], rejected,
              "--rejected lines"),
     ]
@@ -99,7 +98,7 @@ def measure(images=130_000_000, added=1_000_000, uri_chars=49, top_k=5, per_clas
     cases = []
     for kept in unique_kept:
         kept = min(kept, images)
-        rows, dedup = stage2_rows(size, images, num_buckets, kept, train_shards, rejected, per_class, classes)
+        rows, dedup = stage2_rows(size, images, num_buckets, kept, rejected, per_class, classes)
         rows_of |= {row["shuffle"] for row in rows + dedup}
         cases.append({"unique_kept": kept, "records_written": written, "stage2": rows, "dedup": dedup,
                       "stage2_gb": _gb(rows), "dedup_gb": _gb(dedup),
@@ -113,8 +112,8 @@ def measure(images=130_000_000, added=1_000_000, uri_chars=49, top_k=5, per_clas
     changed = rerun_buckets if rerun_buckets != num_buckets else round(
         rerun_buckets * (1 - (1 - 1 / rerun_buckets) ** added))
     rerun1 = stage1_rows(size, listed, rerun_buckets, changed)
-    rerun2, _ = stage2_rows(size, listed, num_buckets + changed, min(unique_kept[0], listed), train_shards,
-                            rejected, per_class, classes)
+    rerun2, _ = stage2_rows(size, listed, num_buckets + changed, min(unique_kept[0], listed), rejected,
+                            per_class, classes)
     incremental = {
         "listed": listed, "num_buckets": rerun_buckets, "changed_buckets": changed, "new_shards": changed,
         "index_shards_after": num_buckets + changed, "stage1": rerun1, "stage1_gb": _gb(rerun1),

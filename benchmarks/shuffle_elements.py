@@ -158,7 +158,6 @@ def measure_elements(uri_chars, top_k, classes, num_buckets, train_shards, graph
         "join_copies": _mean(join, [(p.identity, ("copies", 3)) for p in samples]),
         "train_element": _mean(coder["WriteRecords/GroupShards"],
                                [(records.shard_of(p.key, train_shards), elements.pack(p, 3)) for p in samples]),
-        "shard_marker": _mean(coder["WriteRecords/GroupShards"], [(s, None) for s in range(SAMPLES)]),
         "rejection_line": len(line),
         "rejection_element": _mean(coder["WriteRejected/GroupShards"], [(records.shard_of(line.decode(), 128), line)]),
         "dedup_pre": _mean(coder["Deduplicate/SmallestUri/" + pre], [((3, p.key), (p.uri, 1)) for p in samples]),

@@ -5,7 +5,7 @@ in one pass, so the same inputs give byte-identical shards on any runner and any
 workers. All shards are written, empty ones included, so the `-of-NNNNN` names never lie.
 
 Train shards: one element per selected image crosses the GroupByKey, its index entry and copy
-count packed into about 190 bytes with a 49-character URI (`elements.pack`, which says why), to the shard
+count packed into 151 bytes with a 49-character URI (`elements.pack`, which says why), to the shard
 `records.shard_of(its content key)`. The writer orders the shard's records (every copy of
 every image) by `records.record_order`, which spreads an image's copies through the shard;
 it fetches each image's bytes once (pipeline/fetch.py: parallel reads, a bounded window
@@ -52,10 +52,27 @@ def rejection_shard_count(expected_lines):
     return max(1, math.ceil(expected_lines / REJECTION_LINES_PER_SHARD))
 
 
-def _grouped_by_shard(keyed, every_shard):
-    """(shard, item) and (shard, None) for every shard -> (shard, items and one None): every
-    shard gets a group, so an empty shard is written too."""
-    return (keyed, every_shard) | "WithEmptyShards" >> beam.Flatten() | "GroupShards" >> beam.GroupByKey()
+def _written_with_empty_shards(files, num_shards, prefix, suffix, directory):
+    """(name, count) of the shards written -> the same plus (name, 0) for each of the
+    `num_shards` (an int or a singleton side input) that got no item, written as an empty file.
+
+    Why not Flatten a (shard, None) marker per shard into the GroupByKey (as this did before):
+    on the local runner (FnApiRunner) a Flatten of two stages' outputs is a stage of its own,
+    which holds every keyed item in memory once more before the grouping does (measured with
+    memray, both stages over 100k tiny images: 33.6 MB live at the job's peak; see
+    benchmarks/label_growth.py). The names written are few (one per shard), so a side input."""
+
+    def empty_shards(_, written, n):
+        names = {name for name, _ in written}
+        for index in range(n):
+            name = records.shard_name(prefix, index, n, suffix)
+            if name not in names:
+                yield name, records.write_shard(FileSystems.join(directory, name), [], framed=False)
+
+    empties = (files.pipeline
+               | "One" >> beam.Create([None])
+               | "EmptyShards" >> beam.FlatMap(empty_shards, beam.pvalue.AsList(files), num_shards))
+    return (files, empties) | "AllShards" >> beam.Flatten()
 
 
 class _SpillStore:
@@ -109,8 +126,6 @@ class _ShardOnDisk:
         self._ends = array.array("Q", [0])
         self._keys = []  # per record: sha256(key|copy) + image position + copy index (_POSITION)
         for packed in items:
-            if packed is None:
-                continue
             prediction, copies = elements.unpack(packed)
             position = len(self._ends) - 1
             self._file.write(packed)
@@ -159,12 +174,12 @@ def _first_records(positions, images):
 
 
 class _WriteTrainShard(beam.DoFn):
-    """(shard, [packed (Prediction, copies) or None]) -> (file name, records written). Each
+    """(shard, [packed (Prediction, copies)]) -> (file name, records written). Each
     image is fetched once; a copy whose image cannot be fetched goes to UNAVAILABLE as
     (Prediction, copy_index, reason), one per lost copy (each is one rejection line)."""
 
     def __init__(self, directory, source, max_pixels, max_side, decode_memory_mb, threads):
-        self._directory, self._source = directory, source
+        self.directory, self._source = directory, source
         self._max_pixels, self._max_side, self._decode_memory_mb = max_pixels, max_side, decode_memory_mb
         self._threads = fetch.parallel_reads(source, threads)
         self._shared_memory = shared.Shared()
@@ -184,7 +199,7 @@ class _WriteTrainShard(beam.DoFn):
         index, items = shard
         name = records.shard_name(records.TRAIN_PREFIX, index, num_shards, records.TRAIN_SUFFIX)
         with _ShardOnDisk(items) as images, _SpillStore() as spill, FileSystems.create(
-                FileSystems.join(self._directory, name), mime_type="application/octet-stream") as handle:
+                FileSystems.join(self.directory, name), mime_type="application/octet-stream") as handle:
             positions, copy_indices = images.record_order()
             # Each image is fetched once, ahead of its first record, in the order of those records.
             fetched = fetch.fetched_in_order(
@@ -229,17 +244,16 @@ class WriteTrainShards(beam.PTransform):
 
     def expand(self, written):
         num_shards = beam.pvalue.AsSingleton(self._shard_count)
-        every_shard = (written.pipeline
-                       | "One" >> beam.Create([None])
-                       | "AllShards" >> beam.FlatMap(lambda _, n: [(index, None) for index in range(n)], num_shards))
-        keyed = (written
-                 | "Pack" >> beam.MapTuple(elements.pack)
-                 | "KeyByShard" >> beam.Map(
-                     lambda packed, n: (records.shard_of(elements.packed_content_key(packed), n), packed),
-                     num_shards))
-        shards = (_grouped_by_shard(keyed, every_shard)
+        shards = (written
+                  | "Pack" >> beam.MapTuple(elements.pack)
+                  | "KeyByShard" >> beam.Map(
+                      lambda packed, n: (records.shard_of(elements.packed_content_key(packed), n), packed),
+                      num_shards)
+                  | "GroupShards" >> beam.GroupByKey()
                   | "WriteShard" >> beam.ParDo(self._writer, num_shards).with_outputs(UNAVAILABLE, main="files"))
-        return {"files": shards.files, UNAVAILABLE: shards[UNAVAILABLE]}
+        files = _written_with_empty_shards(shards.files, num_shards, records.TRAIN_PREFIX, records.TRAIN_SUFFIX,
+                                           self._writer.directory)
+        return {"files": files, UNAVAILABLE: shards[UNAVAILABLE]}
 
 
 class _WriteRejectionShard(beam.DoFn):
@@ -248,7 +262,7 @@ class _WriteRejectionShard(beam.DoFn):
 
     def process(self, shard):
         index, lines = shard
-        ordered = sorted(line for line in lines if line is not None)
+        ordered = sorted(lines)
         name = records.shard_name(records.REJECTED_PREFIX, index, self._num_shards, records.REJECTED_SUFFIX)
         count = records.write_shard(FileSystems.join(self._directory, name), ordered, framed=False)
         yield name, count
@@ -274,6 +288,8 @@ class WriteRejections(beam.PTransform):
             line = records.rejection_line(rejection.uri, rejection.reason, rejection.stage)
             return records.shard_of(f"{rejection.uri}|{rejection.stage}|{rejection.reason}", n), line
 
-        every_shard = rejections.pipeline | "AllShards" >> beam.Create([(index, None) for index in range(n)])
-        return (_grouped_by_shard(rejections | "Serialize" >> beam.Map(keyed), every_shard)
-                | "WriteShard" >> beam.ParDo(_WriteRejectionShard(self._directory, n)))
+        files = (rejections
+                 | "Serialize" >> beam.Map(keyed)
+                 | "GroupShards" >> beam.GroupByKey()
+                 | "WriteShard" >> beam.ParDo(_WriteRejectionShard(self._directory, n)))
+        return _written_with_empty_shards(files, n, records.REJECTED_PREFIX, records.REJECTED_SUFFIX, self._directory)
