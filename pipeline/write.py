@@ -179,7 +179,7 @@ class _WriteTrainShard(beam.DoFn):
     (Prediction, copy_index, reason), one per lost copy (each is one rejection line)."""
 
     def __init__(self, directory, source, max_pixels, max_side, decode_memory_mb, threads):
-        self.directory, self._source = directory, source
+        self._directory, self._source = directory, source
         self._max_pixels, self._max_side, self._decode_memory_mb = max_pixels, max_side, decode_memory_mb
         self._threads = fetch.parallel_reads(source, threads)
         self._shared_memory = shared.Shared()
@@ -199,7 +199,7 @@ class _WriteTrainShard(beam.DoFn):
         index, items = shard
         name = records.shard_name(records.TRAIN_PREFIX, index, num_shards, records.TRAIN_SUFFIX)
         with _ShardOnDisk(items) as images, _SpillStore() as spill, FileSystems.create(
-                FileSystems.join(self.directory, name), mime_type="application/octet-stream") as handle:
+                FileSystems.join(self._directory, name), mime_type="application/octet-stream") as handle:
             positions, copy_indices = images.record_order()
             # Each image is fetched once, ahead of its first record, in the order of those records.
             fetched = fetch.fetched_in_order(
@@ -240,7 +240,7 @@ class WriteTrainShards(beam.PTransform):
     def __init__(self, directory, source, max_pixels, max_side, decode_memory_mb, threads, shard_count):
         super().__init__()
         self._writer = _WriteTrainShard(directory, source, max_pixels, max_side, decode_memory_mb, threads)
-        self._shard_count = shard_count
+        self._directory, self._shard_count = directory, shard_count
 
     def expand(self, written):
         num_shards = beam.pvalue.AsSingleton(self._shard_count)
@@ -252,7 +252,7 @@ class WriteTrainShards(beam.PTransform):
                   | "GroupShards" >> beam.GroupByKey()
                   | "WriteShard" >> beam.ParDo(self._writer, num_shards).with_outputs(UNAVAILABLE, main="files"))
         files = _written_with_empty_shards(shards.files, num_shards, records.TRAIN_PREFIX, records.TRAIN_SUFFIX,
-                                           self._writer.directory)
+                                           self._directory)
         return {"files": files, UNAVAILABLE: shards[UNAVAILABLE]}
 
 
