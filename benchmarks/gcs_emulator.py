@@ -55,6 +55,21 @@ class GcsEmulator:
             matches = (_REQUEST_LINE.match(line) for line in log)
             return [(m["method"], m["path"], int(m["status"])) for m in matches if m]
 
+    def settled_requests(self, quiet_s=0.5, timeout_s=15):
+        """requests() once the log has not grown for `quiet_s`: the server logs a request as it
+        answers it, so the last lines of a burst land after the client has its bytes (a fixed
+        sleep let one line of one phase fall into the next on a loaded machine)."""
+        deadline = time.monotonic() + timeout_s
+        served, since = self.requests(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.requests()
+            if len(now) != len(served):
+                served, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                break
+        return served
+
     def stop(self):
         self._server.terminate()
         self._server.wait(timeout=10)

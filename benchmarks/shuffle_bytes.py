@@ -39,16 +39,14 @@ def _row(stage, label, element, size, count, assumption):
 def stage1_rows(size, listed, num_buckets, changed=0):
     """Stage 1's shuffles over `listed` list lines; `changed` buckets get a second shard record."""
     to_list = "Predict/BucketRecords/BucketRecords/CombinePerKey/GroupByKey"
-    return [_row(1, "Predict/ListInputs/MergeReachesPerPath/GroupByKey", "(uri, (1, ('literal', None))) accumulator",
-                 size["merge_reaches"], listed, "each line a distinct path: one accumulator per path (lifted)"),
-            _row(1, "Predict/GroupUnitsByBucket", "(bucket, ('file', uri, None))", size["unit"], listed, "per unit"),
+    return [_row(1, "Predict/GroupUnitsByBucket", "(bucket, ('file', uri, None))", size["unit"], listed, "per unit"),
             _row(1, "Predict/GroupUnitsByBucket", "(bucket, None)", size["bucket_marker"], num_buckets, "per bucket"),
             _row(1, to_list, "(bucket, {digest, parts}) in ToList", size["bucket_record"], num_buckets - changed,
                  "one per bucket")] + ([_row(1, to_list, "the same, 2 shards", size["bucket_record_two_shards"],
                                              changed, "buckets with new units")] if changed else [])
 
 
-def stage2_rows(size, labeled, shards, unique_kept, train_shards, rejected, per_class, classes):
+def stage2_rows(size, labeled, shards, unique_kept, rejected, per_class, classes):
     """Stage 2's shuffles: `labeled` entries, all above threshold (worst case), `unique_kept` kept."""
     held = min(labeled, selection.HOT_KEY_FANOUT * classes * per_class)  # a (sub-)key's heap keeps <= per_class
     bound = "<= each input once per shuffle (lifted heaps hold subsets)"
@@ -69,7 +67,6 @@ def stage2_rows(size, labeled, shards, unique_kept, train_shards, rejected, per_
              "the same, after fan-out", size["sized_top_post"], held, "as Select's"),
         _row(2, "WriteRecords/GroupShards", "(shard, pack(p, copies))", size["train_element"], unique_kept,
              "one per unique kept image, not per copy"),
-        _row(2, "WriteRecords/GroupShards", "(shard, None)", size["shard_marker"], train_shards, "one per shard"),
         _row(2, "WriteRejected/GroupShards", "(shard, JSON line)", size["rejection_element"], rejected,
              "--rejected lines"),
     ]
@@ -101,7 +98,7 @@ def measure(images=130_000_000, added=1_000_000, uri_chars=49, top_k=5, per_clas
     cases = []
     for kept in unique_kept:
         kept = min(kept, images)
-        rows, dedup = stage2_rows(size, images, num_buckets, kept, train_shards, rejected, per_class, classes)
+        rows, dedup = stage2_rows(size, images, num_buckets, kept, rejected, per_class, classes)
         rows_of |= {row["shuffle"] for row in rows + dedup}
         cases.append({"unique_kept": kept, "records_written": written, "stage2": rows, "dedup": dedup,
                       "stage2_gb": _gb(rows), "dedup_gb": _gb(dedup),
@@ -115,8 +112,8 @@ def measure(images=130_000_000, added=1_000_000, uri_chars=49, top_k=5, per_clas
     changed = rerun_buckets if rerun_buckets != num_buckets else round(
         rerun_buckets * (1 - (1 - 1 / rerun_buckets) ** added))
     rerun1 = stage1_rows(size, listed, rerun_buckets, changed)
-    rerun2, _ = stage2_rows(size, listed, num_buckets + changed, min(unique_kept[0], listed), train_shards,
-                            rejected, per_class, classes)
+    rerun2, _ = stage2_rows(size, listed, num_buckets + changed, min(unique_kept[0], listed), rejected,
+                            per_class, classes)
     incremental = {
         "listed": listed, "num_buckets": rerun_buckets, "changed_buckets": changed, "new_shards": changed,
         "index_shards_after": num_buckets + changed, "stage1": rerun1, "stage1_gb": _gb(rerun1),
@@ -140,7 +137,7 @@ def measure(images=130_000_000, added=1_000_000, uri_chars=49, top_k=5, per_clas
         "unaccounted": unaccounted, "small": sum(label.startswith(SMALL) for label in graph), "sizes": size,
         "num_buckets": num_buckets, "train_shards": train_shards,
         "stage1": stage1, "stage1_gb": _gb(stage1), "cases": cases,
-        "per_image": {"stage1": size["merge_reaches"] + size["unit"],
+        "per_image": {"stage1": size["unit"],
                       "stage2": size["top_pre"] + size["top_post"] + size["sized_top_pre"] + size["sized_top_post"]
                       + size["join_image"] + size["join_copies"] + size["train_element"]},
         "files": {"index_entries": index_bytes, "units_json": images * size["units_row"]

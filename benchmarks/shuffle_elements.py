@@ -139,9 +139,6 @@ def measure_elements(uri_chars, top_k, classes, num_buckets, train_shards, graph
 
     sizes = {
         "list_line": uri_chars + 1,
-        # A list line reaches its path once: the lifted accumulator (times, preferred reach).
-        "merge_reaches": _mean(coder["Predict/ListInputs/MergeReachesPerPath/GroupByKey"],
-                               [(u[1], (1, (sources.LITERAL, None))) for u in units]),
         "unit": _mean(units_by_bucket, [(buckets.bucket_of(u, num_buckets), u) for u in units]),
         "bucket_marker": _mean(units_by_bucket, [(b, None) for b in range(SAMPLES)]),
         "bucket_record": _per_held(to_list, None, lambda held: held, bucket_records([7935])),
@@ -161,7 +158,6 @@ def measure_elements(uri_chars, top_k, classes, num_buckets, train_shards, graph
         "join_copies": _mean(join, [(p.identity, ("copies", 3)) for p in samples]),
         "train_element": _mean(coder["WriteRecords/GroupShards"],
                                [(records.shard_of(p.key, train_shards), elements.pack(p, 3)) for p in samples]),
-        "shard_marker": _mean(coder["WriteRecords/GroupShards"], [(s, None) for s in range(SAMPLES)]),
         "rejection_line": len(line),
         "rejection_element": _mean(coder["WriteRejected/GroupShards"], [(records.shard_of(line.decode(), 128), line)]),
         "dedup_pre": _mean(coder["Deduplicate/SmallestUri/" + pre], [((3, p.key), (p.uri, 1)) for p in samples]),

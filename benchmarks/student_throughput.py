@@ -7,7 +7,8 @@ Both sides run the same Trainer step on mixed batches of the same shapes (batch_
 labeled + pseudo_ratio * batch_size pseudo images). The real side reads labeled and
 pseudo-labeled TFRecords (JPEG, written here in the labeling job's format), decodes,
 crops, flips and RandAugments every image; the synthetic side repeats one already
-prepared batch from memory. real / synthetic below 1 is the share of step time the
+prepared batch from memory (the real side's first, so also uint8 pixels that the step
+normalises: both sides feed the device the same bytes). real / synthetic below 1 is the share of step time the
 input pipeline fails to hide: the input is the bottleneck.
 """
 

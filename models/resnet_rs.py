@@ -3,10 +3,13 @@
 Reference: tensorflow/tpu models/official/resnet/resnet_model.py with the ResNet-RS
 settings (use_resnetd_stem, replace_stem_max_pool, resnetd_shortcut, se_ratio=0.25).
 
-The model is a functional graph of stock Keras layers only. Stochastic depth is a
+By default the model is a functional graph of stock Keras layers only. Stochastic depth is a
 `Dropout` whose noise is shared over height, width and channels (one draw per image),
 which is exactly the reference's `drop_connect`; so a saved `.keras` file loads with
-`keras.saving.load_model` in a process that never imports this package.
+`keras.saving.load_model` in a process that never imports this package. A trainer under a
+distribution strategy asks for `replica_noise=True` instead: `models.noise.ReplicaDropout`,
+a `Dropout` that draws a different mask on every replica (the exported model keeps the
+stock layer; the two behave the same outside training).
 
 Input: float images of shape (batch, height, width, 3), already normalised
 (`models.preprocessing.normalize`). Output: float32 logits (no softmax), so callers
@@ -17,7 +20,7 @@ import sys
 
 import keras
 
-from models import configs
+from models import configs, noise
 
 # tf.variance_scaling_initializer() defaults (scale 1, fan-in, truncated normal), as in
 # the reference's conv2d_fixed_padding and squeeze_excitation.
@@ -30,9 +33,10 @@ _BOTTLENECK_EXPANSION = 4
 class _Builder:
     """Adds named layers for one model, with one BN setting and one dtype policy."""
 
-    def __init__(self, cfg, dtype_policy):
+    def __init__(self, cfg, dtype_policy, replica_noise):
         self.cfg = cfg
         self.dtype = dtype_policy
+        self.dropout_layer = noise.ReplicaDropout if replica_noise else keras.layers.Dropout
 
     def conv(self, x, filters, kernel_size, strides, name):
         # The reference pads explicitly for strided convs ("fixed padding") so padding
@@ -101,8 +105,8 @@ class _Builder:
             x = self.squeeze_excite(x, out_filters, name=name + "_se")
         if drop_rate:
             # One keep/drop draw per image, scaled by 1/keep: the reference's drop_connect.
-            x = keras.layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1),
-                                     name=name + "_stochastic_depth", dtype=self.dtype)(x)
+            x = self.dropout_layer(drop_rate, noise_shape=(None, 1, 1, 1),
+                                   name=name + "_stochastic_depth", dtype=self.dtype)(x)
         x = keras.layers.Add(name=name + "_add", dtype=self.dtype)([x, shortcut])
         return keras.layers.ReLU(name=name + "_out", dtype=self.dtype)(x)
 
@@ -129,7 +133,7 @@ def allow_deep_graphs(num_blocks):
         sys.setrecursionlimit(needed)
 
 
-def build(cfg, num_classes=1000, image_size=None, dtype_policy=None):
+def build(cfg, num_classes=1000, image_size=None, dtype_policy=None, replica_noise=False):
     """Builds the Keras model for a `ModelConfig`.
 
     Args:
@@ -138,12 +142,16 @@ def build(cfg, num_classes=1000, image_size=None, dtype_policy=None):
       image_size: fixes the spatial input size; None accepts any size.
       dtype_policy: e.g. "mixed_bfloat16" (bfloat16 compute, float32 variables);
         None uses the global Keras policy. Logits are always float32.
+      replica_noise: dropout and stochastic depth draw a different mask on every replica
+        of a distribution strategy (`models.noise.ReplicaDropout`); False keeps stock Keras
+        layers, which draw the same mask on every replica, so that a saved file needs
+        only Keras. Replica 0 and a model outside any strategy draw the same either way.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
     allow_deep_graphs(sum(cfg.block_counts))
     dtype = keras.DTypePolicy(dtype_policy) if dtype_policy else None
-    builder = _Builder(cfg, dtype)
+    builder = _Builder(cfg, dtype, replica_noise)
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = builder.stem(inputs)
     for stage, (blocks, filters, drop_rate) in enumerate(
@@ -154,16 +162,16 @@ def build(cfg, num_classes=1000, image_size=None, dtype_policy=None):
                 project=block == 0, drop_rate=drop_rate, name=f"stage{stage}_block{block + 1}")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype=dtype)(x)
     if cfg.dropout_rate:
-        x = keras.layers.Dropout(cfg.dropout_rate, name="top_dropout", dtype=dtype)(x)
+        x = builder.dropout_layer(cfg.dropout_rate, name="top_dropout", dtype=dtype)(x)
     logits = keras.layers.Dense(num_classes, kernel_initializer=_DENSE_INIT, name="logits",
                                 dtype="float32")(x)
     return keras.Model(inputs, logits, name=cfg.name)
 
 
-def create(name, num_classes=1000, *, image_size=None, dtype_policy=None, **overrides):
+def create(name, num_classes=1000, *, image_size=None, dtype_policy=None, replica_noise=False, **overrides):
     """A ResNet-RS model by name, e.g. `create("resnet_rs_50")`.
 
     `overrides` replace fields of `models.config(name)` (e.g. `dropout_rate=0.0`,
-    `bn_momentum=0.0`); `image_size` and `dtype_policy` are as in `build`.
+    `bn_momentum=0.0`); `image_size`, `dtype_policy` and `replica_noise` are as in `build`.
     """
-    return build(configs.config(name, **overrides), num_classes, image_size, dtype_policy)
+    return build(configs.config(name, **overrides), num_classes, image_size, dtype_policy, replica_noise)

@@ -50,23 +50,48 @@ class Prediction(NamedTuple):
 
     @property
     def identity(self):
-        """Unique per input (two inputs may share content, so the key alone is not)."""
-        return f"{self.key}|{self.uri}"
+        """Unique per input (two inputs may share content, so the key alone is not), as bytes
+        that sort as the text "key|uri" does: a sha256 hex key as its 32 raw bytes (lower-case
+        hex and its bytes sort alike), then the URI's UTF-8. Selection ranks and joins by it,
+        so every byte crosses its shuffles: 81 B with a 49-character URI, not 114."""
+        raw = _raw_key(self.key)
+        return raw + self.uri.encode() if raw else f"{self.key}|{self.uri}".encode()
 
 
-# Predictions cross selection's shuffles packed into one short bytes object (189 B with a
+# Predictions cross selection's shuffles packed into one short bytes object (151 B with a
 # 49-character URI and top-5). The local runner (FnApiRunner) holds all the data crossing a
 # shuffle at once, several times over (its buffers, the data channel's protos, the grouped
-# values), so there memory grows with the bytes
-# per image; a Prediction as Python objects, or as Beam's pickled encoding, costs more
-# (measured, stage 2 alone on 40k tiny images: peak RSS 956 MB with Predictions, 922 MB with a
-# first packing of ~350 B, pickle inside). One packed element is one selected image with its
-# copy count (--balance=duplicate), not one per copy: the shard writer fetches the image once
-# and writes every copy from those bytes (pipeline/write.py). The bytes start with the
-# identity and a NUL (absent from URIs and hex keys), so the content key is read without
-# unpacking the rest.
-_KEY_END = b"\x00"
-_HEAD = struct.Struct("<qqHII")  # offset, input bytes, k, distribution length (0: none), copies
+# values), so there memory grows with the bytes per image; a Prediction as Python objects, or
+# as Beam's pickled encoding, costs more (measured, stage 2 alone on 40k tiny images: peak RSS
+# 956 MB with Predictions, 922 MB with a first packing of ~350 B, pickle inside). One packed
+# element is one selected image with its copy count (--balance=duplicate), not one per copy:
+# the shard writer fetches the image once and writes every copy from those bytes
+# (pipeline/write.py).
+#
+# Layout: a kind byte; the content key (_RAW_KEY: a sha256 hex key as its 32 raw bytes, so the
+# key is read without unpacking the rest; _TEXT_KEY: a length byte and the key's UTF-8, for
+# keys that are not sha256 hex); _HEAD; the URI; top-k indices, probabilities, confidence,
+# entropy; the distribution. struct, not varints: a few bytes more, no Python loop per field.
+_RAW_KEY, _TEXT_KEY = b"\x01", b"\x02"
+# offset, input bytes (< 2^31: --max_bytes), copies, k, distribution length (0: none), URI bytes
+_HEAD = struct.Struct("<qIIBHH")
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def _raw_key(key):
+    """A sha256 hex key's 32 bytes; None for any other key."""
+    encoded = key.encode()
+    return bytes.fromhex(key) if len(encoded) == 64 and _HEX.issuperset(encoded) else None
+
+
+def _packed_key(key):
+    raw = _raw_key(key)
+    if raw:
+        return _RAW_KEY + raw
+    encoded = key.encode()
+    if len(encoded) > 255:
+        raise ValueError(f"a content key of {len(encoded)} bytes cannot be packed (at most 255)")
+    return _TEXT_KEY + bytes([len(encoded)]) + encoded
 
 
 def pack(prediction, copies=1):
@@ -74,26 +99,35 @@ def pack(prediction, copies=1):
     records store them: a Prediction read from the index unpacks to exactly itself."""
     p = prediction
     k = len(p.top_k_indices)
+    uri = p.uri.encode()
     distribution = b"" if p.distribution is None else np.asarray(p.distribution, "<f4").tobytes()
     return b"".join([
-        p.identity.encode(), _KEY_END,
-        _HEAD.pack(p.offset, p.input_bytes, k, len(distribution) // 4, copies),
+        _packed_key(p.key),
+        _HEAD.pack(p.offset, p.input_bytes, copies, k, len(distribution) // 4, len(uri)), uri,
         struct.pack(f"<{k}i{k + 2}f", *p.top_k_indices, *p.top_k_probabilities, p.confidence, p.entropy),
         distribution])
 
 
+def _unpacked_key(packed):
+    """(content key, offset of _HEAD)."""
+    if packed[:1] == _RAW_KEY:
+        return packed[1:33].hex(), 33
+    length = packed[1]
+    return packed[2:2 + length].decode(), 2 + length
+
+
 def packed_content_key(packed):
     """The content key (sha256 hex of the input) of `pack`'s bytes, which places its records."""
-    return packed[:packed.index(b"|")].decode()
+    return _unpacked_key(packed)[0]
 
 
 def unpack(packed):
     """`pack`'s bytes -> (Prediction, copies)."""
-    end = packed.index(_KEY_END)
-    key, uri = packed[:end].decode().split("|", 1)  # the key is hex: no "|" in it
-    at = end + 1
-    offset, input_bytes, k, length, copies = _HEAD.unpack_from(packed, at)
+    key, at = _unpacked_key(packed)
+    offset, input_bytes, copies, k, length, uri_bytes = _HEAD.unpack_from(packed, at)
     at += _HEAD.size
+    uri = packed[at:at + uri_bytes].decode()
+    at += uri_bytes
     numbers = struct.unpack_from(f"<{k}i{k + 2}f", packed, at)
     at += 4 * (2 * k + 2)
     distribution = np.frombuffer(packed, "<f4", length, at).astype(np.float32) if length else None

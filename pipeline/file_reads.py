@@ -26,6 +26,7 @@ from pipeline import storage
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 GLOB_CHARACTERS = "*?["
 _READ_CHUNK = 8 << 20
+_FIRST_CHUNK = 64 << 10  # under glibc's mmap threshold (128 KB)
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                (stat.S_ISSOCK, "a socket"))
@@ -94,17 +95,22 @@ def open_local(path):
 def _read_bounded(handle, max_bytes, size_hint=None):
     """At most max_bytes + 1 bytes of `handle` (one more than allowed says it is too long).
 
-    `size_hint` (the file's size, when known) sizes the first read: a read of n bytes allocates
-    n bytes first, and an 8 MB allocation per small image costs more than reading it."""
+    A read of n bytes allocates n bytes first, so reads start small and grow: `size_hint` (the
+    file's size, when known) sizes the first, and the read that finds the end asks for
+    _FIRST_CHUNK, not _READ_CHUNK. Asking 8 MB for it cost an 8 MB allocation per image, in every
+    read thread (measured with memray, both stages over 100k tiny images on a 2-core AMD EPYC:
+    50 MB of them live at the peak, in per-thread malloc arenas that keep it)."""
     chunks, total = [], 0
-    step = _READ_CHUNK if size_hint is None else min(_READ_CHUNK, size_hint + 1)
+    step = _FIRST_CHUNK if size_hint is None else min(_READ_CHUNK, size_hint + 1)
     while total <= max_bytes:
-        chunk = handle.read(min(step, max_bytes + 1 - total))
-        step = _READ_CHUNK
+        asked = min(step, max_bytes + 1 - total)
+        chunk = handle.read(asked)
         if not chunk:
             break
         chunks.append(chunk)
         total += len(chunk)
+        # A short read is most likely the end: a small read confirms it.
+        step = _FIRST_CHUNK if len(chunk) < asked else min(_READ_CHUNK, 2 * asked)
     return b"".join(chunks)
 
 

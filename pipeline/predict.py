@@ -4,7 +4,8 @@ Stages, as named in the Dataflow UI: ListInputs -> AssignBuckets -> GroupUnitsBy
 of work only: URIs and sizes, never image bytes) -> PredictShards -> CommitIndex.
 
 PredictShards takes one bucket at a time (pipeline/buckets.py: how the index grows) and does
-all of its work in one DoFn call: it finds which of the bucket's units the index already
+all of its work in one DoFn call: it keeps one unit per path (a list may reach a path twice:
+sources.one_unit_per_path), finds which of the bucket's units the index already
 holds (reading nothing when the bucket is unchanged), then reads each new input, decodes it
 (a thread pool: reads and Pillow decodes release the GIL), labels full batches with the
 teacher, and streams the entries to a temporary file renamed to the shard's name when whole.
@@ -95,7 +96,7 @@ class _PredictShard(beam.DoFn):
 
     def process(self, item, num_buckets):
         bucket, units = item
-        units = sorted((unit for unit in units if unit is not None), key=buckets.unit_key)
+        units = sorted(sources.one_unit_per_path(unit for unit in units if unit is not None), key=buckets.unit_key)
         plan = buckets.plan_bucket(self._directory, self._previous, bucket, num_buckets, units)
         parts = list(plan.parts)
         for _, _, labeled, rejected, _ in parts:  # already in the index: done, for the progress line

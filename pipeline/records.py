@@ -51,15 +51,21 @@ def shard_name(prefix, index, num_shards, suffix):
     return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
 
 
-def shard_of(identity, num_shards):
-    """A record's shard, from its identity (a string): stable across runs and workers."""
-    return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big") % num_shards
+def shard_of(name, num_shards):
+    """A shard, from a string naming what goes in it (a content key, a unit id, a rejection):
+    stable across runs and workers."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % num_shards
+
+
+def record_hash(key, copy_index):
+    """The 32 bytes that order a train record inside its shard, before any tie (record_order)."""
+    return hashlib.sha256(f"{key}|{copy_index}".encode()).digest()
 
 
 def record_order(key, uri, copy_index):
     """The sort key of a train record inside its shard: content first (the hash), the URI only
     between inputs of identical content, then the copy."""
-    return hashlib.sha256(f"{key}|{copy_index}".encode()).digest(), uri, copy_index
+    return record_hash(key, copy_index), uri, copy_index
 
 
 def bytes_feature(values):

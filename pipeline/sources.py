@@ -76,85 +76,64 @@ class _MatchInput(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTED, Rejection(uri, reason, "read"))
 
 
-# How a list reaches a path, as a (kind, value) "reach": a glob's match, with its listed size;
-# a glob's listing problem (an entry it cannot stat, a pattern matching nothing), with its
-# reason; a literal line, not statted (a 130M-line list would cost a stat per line), so None.
-MATCHED, UNLISTABLE, LITERAL = "matched", "unlistable", "literal"
+# How a list reaches a path, as a unit: a glob's match, ("file", path, its listed size); a
+# glob's listing problem (an entry it cannot stat, a pattern matching nothing), ("rejected",
+# path, reason); a literal line, ("file", path, None): not statted (a 130M-line list would cost
+# a stat per line).
 DUPLICATE_URI = "duplicate_uri: named more than once by the list (by its lines and its globs' matches); read once"
 
 
 class _ExpandListedUri(beam.DoFn):
-    """A listed line -> (path, reach) for each path it reaches: itself, or its glob's matches
-    and listing problems. Paths are deduplicated after this (_MergeReaches), not lines before
-    it: a literal line and a glob, or two globs, may reach one file."""
+    """A listed line -> a unit per path it reaches: itself, or its glob's matches and listing
+    problems. Paths are deduplicated after this (one_unit_per_path), not lines before it: a
+    literal line and a glob, or two globs, may reach one file."""
 
     def process(self, uri):
         if not any(c in uri for c in GLOB_CHARACTERS):
-            yield uri, (LITERAL, None)
+            yield "file", uri, None
             return
         try:
             literal = FileSystems.exists(uri) or (is_local(uri) and os.path.islink(uri))
         except Exception:  # noqa: BLE001 - a name the filesystem cannot even ask about is matched as a glob
             literal = False
         if literal:  # a file named `a[1].png` is that file, not a glob matching `a1.png`
-            yield uri, (LITERAL, None)
+            yield "file", uri, None
             return
         matched, problems = match_pattern(uri)
         for path, size in matched:
-            yield path, ((MATCHED, size) if size is not None else (LITERAL, None))
+            yield "file", path, size
         for path, reason in problems:
-            yield path, (UNLISTABLE, reason)
+            yield "rejected", path, reason
 
 
-def _preference(reach):
-    """Sort key: the reach a path's one unit is made from is the least. A match's size is
-    known (read_file refuses an oversized file unopened), a listing problem's reason is known
-    too, a literal line knows nothing. Ties break on the value, so the choice never depends
-    on the order reaches arrive in (the larger of two sizes: a file grown between listings)."""
-    kind, value = reach
-    if kind == MATCHED:
-        return 0, -value, ""
-    if kind == UNLISTABLE:
+def _preference(unit):
+    """Sort key: of the units that reach one path, the least is the one kept. A match's size
+    is known (read_file refuses an oversized file unopened), a listing problem's reason is
+    known too, a literal line knows nothing. Ties break on the value, so the choice never
+    depends on the order the units arrive in (the larger of two sizes: a file grown between
+    listings)."""
+    kind, _, value = unit
+    if kind == "rejected":
         return 1, 0, value
-    return 2, 0, ""
+    return (0, -value, "") if value is not None else (2, 0, "")
 
 
-def _preferred(best, reach):
-    """The preferred of two reaches; None (nothing reached yet) is never preferred. Equal
-    preferences are equal reaches, so which comes first does not matter."""
-    if best is None or reach is None:
-        return reach if best is None else best
-    return min(best, reach, key=_preference)
+def one_unit_per_path(units):
+    """The units of a bucket -> one unit per path (unit_id), the least by _preference, and a
+    duplicate_uri rejection per further unit of that path, so read = rejected + labeled
+    counts every line and match.
 
-
-class _MergeReaches(beam.CombineFn):
-    """The reaches of one path -> (how many, the preferred reach). A combiner, so a path
-    reached by many lines is merged on the workers before any shuffle, and nothing is sorted."""
-
-    def create_accumulator(self):
-        return 0, None
-
-    def add_input(self, accumulator, reach):
-        times, best = accumulator
-        return times + 1, _preferred(best, reach)
-
-    def merge_accumulators(self, accumulators):
-        times, best = 0, None
-        for count, reach in accumulators:
-            times, best = times + count, _preferred(best, reach)
-        return times, best
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
-def _units_of_path(item):
-    """(path, (times reached, preferred reach)) -> its one unit, then one duplicate_uri
-    rejection per further reach, so read = rejected + labeled counts every line and match."""
-    path, (times, (kind, value)) = item
-    yield ("rejected", path, value) if kind == UNLISTABLE else ("file", path, value)
-    for _ in range(times - 1):
-        yield "rejected", path, DUPLICATE_URI
+    Why in the bucket and not in a shuffle of its own: every unit of one path hashes to the
+    same bucket (buckets.bucket_of), whose group holds them all anyway, so deduplicating there
+    costs no shuffle (a CombinePerKey over paths cost one of every listed URI: ~67 B a line, and
+    at 200k lines ~0.3 KB of local runner memory each)."""
+    by_path = {}
+    for unit in units:
+        by_path.setdefault(unit_id(unit), []).append(unit)
+    for reaches in by_path.values():
+        yield min(reaches, key=_preference)
+        for _ in range(len(reaches) - 1):
+            yield "rejected", reaches[0][1], DUPLICATE_URI
 
 
 def _is_listing(line):
@@ -164,8 +143,8 @@ def _is_listing(line):
 
 
 def _listed_units(pcoll, list_path):
-    """The units of a list file: one per path reached, by any number of lines and globs, and
-    a duplicate_uri rejection per further reach (see _units_of_path).
+    """The units of a list file: one per path each line reaches; a path reached more than once
+    has several, merged in its bucket (one_unit_per_path).
 
     A URI is its line exactly (ReadFromText removes only the line break): names may begin
     or end with spaces, and a path is never edited into another file's name.
@@ -173,9 +152,7 @@ def _listed_units(pcoll, list_path):
     return (pcoll
             | "ReadList" >> beam.io.ReadFromText(list_path)
             | "DropBlankAndComments" >> beam.Filter(_is_listing)
-            | "ExpandGlobs" >> beam.ParDo(_ExpandListedUri())
-            | "MergeReachesPerPath" >> beam.CombinePerKey(_MergeReaches())
-            | "OneUnitPerPath" >> beam.FlatMap(_units_of_path))
+            | "ExpandGlobs" >> beam.ParDo(_ExpandListedUri()))
 
 
 def read_image_file(uri, size, max_bytes):
@@ -307,8 +284,9 @@ def input_source(spec, input_format, image_feature, data_dir, tfds_ranges_count,
 
 
 class ListUnits(beam.PTransform):
-    """--input -> units of work (see read_unit), each input named once; listing problems are
-    units too ("rejected"), so they land in a prediction shard and the accounting closes.
+    """--input -> units of work (see read_unit); listing problems are units too ("rejected"), so
+    they land in a prediction shard and the accounting closes. A list file's lines may reach one
+    path several times: its bucket keeps one unit of it (one_unit_per_path).
 
     Nothing is read here but listings: an image's bytes are read by the stage that labels it.
     `found` is set by expand: PCollections of one element per input found before any file is

@@ -5,13 +5,14 @@ in one pass, so the same inputs give byte-identical shards on any runner and any
 workers. All shards are written, empty ones included, so the `-of-NNNNN` names never lie.
 
 Train shards: one element per selected image crosses the GroupByKey, its index entry and copy
-count packed into about 190 bytes with a 49-character URI (`elements.pack`, which says why), to the shard
+count packed into 151 bytes with a 49-character URI (`elements.pack`, which says why), to the shard
 `records.shard_of(its content key)`. The writer orders the shard's records (every copy of
 every image) by `records.record_order`, which spreads an image's copies through the shard;
 it fetches each image's bytes once (pipeline/fetch.py: parallel reads, a bounded window
 ahead), in the order of the image's first record, writes every copy from them, and streams the
 records to the file, so no image bytes cross a shuffle, no image is fetched or decoded twice,
-and no shard is ever held whole in memory (copies still to write wait on local disk). The shard
+and no shard is ever held whole in memory (its packed elements, and the bytes of copies still
+to write, wait on local disk: _ShardOnDisk, _SpillStore). The shard
 count comes from the data: the selected inputs' bytes (copies included) over
 --target_shard_mb, unless --num_shards fixes it; pipeline.select computes it in a pass of its
 own (its _CountTrainShards says why). Rejection lines are small and are written as they are
@@ -19,8 +20,11 @@ grouped, in --rejected_shards shards (by default sized from the volume expected:
 `rejection_shard_count`).
 """
 
+import array
+import itertools
 import math
 import os
+import struct
 import tempfile
 
 import apache_beam as beam
@@ -48,10 +52,27 @@ def rejection_shard_count(expected_lines):
     return max(1, math.ceil(expected_lines / REJECTION_LINES_PER_SHARD))
 
 
-def _grouped_by_shard(keyed, every_shard):
-    """(shard, item) and (shard, None) for every shard -> (shard, items and one None): every
-    shard gets a group, so an empty shard is written too."""
-    return (keyed, every_shard) | "WithEmptyShards" >> beam.Flatten() | "GroupShards" >> beam.GroupByKey()
+def _written_with_empty_shards(files, num_shards, prefix, suffix, directory):
+    """(name, count) of the shards written -> the same plus (name, 0) for each of the
+    `num_shards` (an int or a singleton side input) that got no item, written as an empty file.
+
+    Why not Flatten a (shard, None) marker per shard into the GroupByKey (as this did before):
+    on the local runner (FnApiRunner) a Flatten of two stages' outputs is a stage of its own,
+    which holds every keyed item in memory once more before the grouping does (measured with
+    memray, both stages over 100k tiny images: 33.6 MB live at the job's peak; see
+    benchmarks/label_growth.py). The names written are few (one per shard), so a side input."""
+
+    def empty_shards(_, written, n):
+        names = {name for name, _ in written}
+        for index in range(n):
+            name = records.shard_name(prefix, index, n, suffix)
+            if name not in names:
+                yield name, records.write_shard(FileSystems.join(directory, name), [], framed=False)
+
+    empties = (files.pipeline
+               | "One" >> beam.Create([None])
+               | "EmptyShards" >> beam.FlatMap(empty_shards, beam.pvalue.AsList(files), num_shards))
+    return (files, empties) | "AllShards" >> beam.Flatten()
 
 
 class _SpillStore:
@@ -86,8 +107,74 @@ class _SpillStore:
         self._directory.cleanup()
 
 
+_POSITION = struct.Struct(">II")  # image position, copy index: after the 32-byte hash in a sort key
+
+
+class _ShardOnDisk:
+    """A train shard's packed (Prediction, copies) elements in a temporary file on local disk,
+    read back by position, and the order of their records.
+
+    Why not a list in memory: the writer reads each element again for each copy, in record
+    order, so it needs them all at hand; the local runner (FnApiRunner) already holds the whole
+    group in its own buffers, and a second copy here, with a sort key of Python objects per
+    record, made the peak grow more (measured, stage 2 alone on the local runner, 20k -> 100k
+    tiny images: 1.04 KB of peak RSS more per image in memory, 0.64 KB with this). On disk the
+    writer holds 8 bytes per image, and ~80 per record while it sorts them."""
+
+    def __init__(self, items):
+        self._file = tempfile.TemporaryFile(prefix="train-shard-")
+        self._ends = array.array("Q", [0])
+        self._keys = []  # per record: sha256(key|copy) + image position + copy index (_POSITION)
+        for packed in items:
+            prediction, copies = elements.unpack(packed)
+            position = len(self._ends) - 1
+            self._file.write(packed)
+            self._ends.append(self._ends[-1] + len(packed))
+            self._keys += [records.record_hash(prediction.key, copy_index)
+                           + _POSITION.pack(position, copy_index) for copy_index in range(copies)]
+        self._file.flush()  # read back with os.pread, past the file object's buffer
+
+    def __len__(self):
+        return len(self._ends) - 1
+
+    def __getitem__(self, position):
+        start = self._ends[position]
+        return os.pread(self._file.fileno(), self._ends[position + 1] - start, start)
+
+    def record_order(self):
+        """(image positions, copy indices), two arrays, of the records in records.record_order:
+        the hash, then the URI. Equal hashes are equal content and copy index, so only those
+        runs need their URIs read back."""
+        self._keys.sort()
+        positions, copy_indices = array.array("I"), array.array("I")
+        for _, tied in itertools.groupby(self._keys, key=lambda sort_key: sort_key[:32]):
+            tied = [_POSITION.unpack_from(sort_key, 32) for sort_key in tied]
+            if len(tied) > 1:
+                tied.sort(key=lambda record: elements.unpack(self[record[0]])[0].uri)
+            for position, copy_index in tied:
+                positions.append(position)
+                copy_indices.append(copy_index)
+        self._keys = None
+        return positions, copy_indices
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self._file.close()
+
+
+def _first_records(positions, images):
+    """Image positions in the order of each image's first record."""
+    seen = bytearray(images)
+    for position in positions:
+        if not seen[position]:
+            seen[position] = 1
+            yield position
+
+
 class _WriteTrainShard(beam.DoFn):
-    """(shard, [packed (Prediction, copies) or None]) -> (file name, records written). Each
+    """(shard, [packed (Prediction, copies)]) -> (file name, records written). Each
     image is fetched once; a copy whose image cannot be fetched goes to UNAVAILABLE as
     (Prediction, copy_index, reason), one per lost copy (each is one rejection line)."""
 
@@ -110,28 +197,21 @@ class _WriteTrainShard(beam.DoFn):
 
     def process(self, shard, num_shards):
         index, items = shard
-        images = [packed for packed in items if packed is not None]
-        copies, order = [], []  # copies per image; (record_order, image position) per record
-        for position, packed in enumerate(images):
-            prediction, image_copies = elements.unpack(packed)
-            copies.append(image_copies)
-            order += [(records.record_order(prediction.key, prediction.uri, copy_index), position)
-                      for copy_index in range(image_copies)]
-        order.sort()
-        # Each image is fetched once, ahead of its first record, in the order of those records.
-        first_seen = dict.fromkeys(position for _, position in order)
-        fetched = fetch.fetched_in_order(((position, images[position]) for position in first_seen), self._stored,
-                                         self._threads, 2 * self._threads)
-        done = [0] * len(images)  # copies written (or lost) so far, per image
-        failed = {}  # image position -> why it could not be fetched, while copies of it remain
         name = records.shard_name(records.TRAIN_PREFIX, index, num_shards, records.TRAIN_SUFFIX)
-        count = 0
-        with _SpillStore() as spill, FileSystems.create(FileSystems.join(self._directory, name),
-                                                        mime_type="application/octet-stream") as handle:
-            for (_, _, copy_index), position in order:
-                prediction, _ = elements.unpack(images[position])
+        with _ShardOnDisk(items) as images, _SpillStore() as spill, FileSystems.create(
+                FileSystems.join(self._directory, name), mime_type="application/octet-stream") as handle:
+            positions, copy_indices = images.record_order()
+            # Each image is fetched once, ahead of its first record, in the order of those records.
+            fetched = fetch.fetched_in_order(
+                ((position, images[position]) for position in _first_records(positions, len(images))),
+                self._stored, self._threads, 2 * self._threads)
+            done = array.array("I", bytes(4 * len(images)))  # copies written (or lost) so far, per image
+            failed = {}  # image position -> why it could not be fetched, while copies of it remain
+            count = 0
+            for position, copy_index in zip(positions, copy_indices):
+                prediction, copies = elements.unpack(images[position])
                 done[position] += 1
-                last = done[position] == copies[position]
+                last = done[position] == copies
                 if done[position] == 1:
                     _, stored = next(fetched)
                     self._fetched.inc()
@@ -160,21 +240,20 @@ class WriteTrainShards(beam.PTransform):
     def __init__(self, directory, source, max_pixels, max_side, decode_memory_mb, threads, shard_count):
         super().__init__()
         self._writer = _WriteTrainShard(directory, source, max_pixels, max_side, decode_memory_mb, threads)
-        self._shard_count = shard_count
+        self._directory, self._shard_count = directory, shard_count
 
     def expand(self, written):
         num_shards = beam.pvalue.AsSingleton(self._shard_count)
-        every_shard = (written.pipeline
-                       | "One" >> beam.Create([None])
-                       | "AllShards" >> beam.FlatMap(lambda _, n: [(index, None) for index in range(n)], num_shards))
-        keyed = (written
-                 | "Pack" >> beam.MapTuple(elements.pack)
-                 | "KeyByShard" >> beam.Map(
-                     lambda packed, n: (records.shard_of(elements.packed_content_key(packed), n), packed),
-                     num_shards))
-        shards = (_grouped_by_shard(keyed, every_shard)
+        shards = (written
+                  | "Pack" >> beam.MapTuple(elements.pack)
+                  | "KeyByShard" >> beam.Map(
+                      lambda packed, n: (records.shard_of(elements.packed_content_key(packed), n), packed),
+                      num_shards)
+                  | "GroupShards" >> beam.GroupByKey()
                   | "WriteShard" >> beam.ParDo(self._writer, num_shards).with_outputs(UNAVAILABLE, main="files"))
-        return {"files": shards.files, UNAVAILABLE: shards[UNAVAILABLE]}
+        files = _written_with_empty_shards(shards.files, num_shards, records.TRAIN_PREFIX, records.TRAIN_SUFFIX,
+                                           self._directory)
+        return {"files": files, UNAVAILABLE: shards[UNAVAILABLE]}
 
 
 class _WriteRejectionShard(beam.DoFn):
@@ -183,7 +262,7 @@ class _WriteRejectionShard(beam.DoFn):
 
     def process(self, shard):
         index, lines = shard
-        ordered = sorted(line for line in lines if line is not None)
+        ordered = sorted(lines)
         name = records.shard_name(records.REJECTED_PREFIX, index, self._num_shards, records.REJECTED_SUFFIX)
         count = records.write_shard(FileSystems.join(self._directory, name), ordered, framed=False)
         yield name, count
@@ -209,6 +288,8 @@ class WriteRejections(beam.PTransform):
             line = records.rejection_line(rejection.uri, rejection.reason, rejection.stage)
             return records.shard_of(f"{rejection.uri}|{rejection.stage}|{rejection.reason}", n), line
 
-        every_shard = rejections.pipeline | "AllShards" >> beam.Create([(index, None) for index in range(n)])
-        return (_grouped_by_shard(rejections | "Serialize" >> beam.Map(keyed), every_shard)
-                | "WriteShard" >> beam.ParDo(_WriteRejectionShard(self._directory, n)))
+        files = (rejections
+                 | "Serialize" >> beam.Map(keyed)
+                 | "GroupShards" >> beam.GroupByKey()
+                 | "WriteShard" >> beam.ParDo(_WriteRejectionShard(self._directory, n)))
+        return _written_with_empty_shards(files, n, records.REJECTED_PREFIX, records.REJECTED_SUFFIX, self._directory)

@@ -3,8 +3,11 @@
 Train: Inception-style random crop (reference `_decode_and_random_crop`: 8-100% of the
 area, aspect 3/4-4/3, decoding only the cropped window of a JPEG), bicubic resize to the
 model's train size, random horizontal flip, the reference's RandAugment (student.randaugment),
-then the model's normalisation.
-Eval: `models.preprocessing.eval_transform`, the one the teacher and labeling job use.
+as uint8 pixels.
+Eval: the centre crop and resize of `models.preprocessing.eval_transform`, the one the
+teacher and labeling job use, as float32 pixels.
+Neither normalises: the student's compiled step does (student.trainer), so the host
+pipeline and the host-to-device feed carry pixels, a quarter of the bytes for training.
 
 Every random choice is a pure function of a per-example seed (stateless ops), derived by
 the input pipeline from the example's position in the stream. The same example at the
@@ -59,7 +62,10 @@ def random_crop(image_bytes, seed, area_range=CROP_AREA_RANGE):
 
 def train_transform(image_bytes, seed, model_config, randaugment=None, crop_min_area=CROP_AREA_RANGE[0],
                     flip=True):
-    """Encoded image + per-example seed -> normalised float32 (S, S, 3) at the train size.
+    """Encoded image + per-example seed -> uint8 (S, S, 3) pixels at the train size.
+
+    The cast to uint8 is exact: the pixels are rounded and clipped to 0..255 before
+    RandAugment, whose ops keep them integral in that range. The trainer normalises them.
 
     `crop_min_area` and `flip` are the paper's (0.08, True) by default; images whose label
     depends on position or orientation (digits, text) need a larger crop and no flip.
@@ -75,7 +81,7 @@ def train_transform(image_bytes, seed, model_config, randaugment=None, crop_min_
     if randaugment is not None:
         image = randaugment.augment(image, augment_seed)
     image.set_shape([size, size, 3])
-    return preprocessing.normalize(image, model_config.mean_rgb, model_config.stddev_rgb)
+    return tf.cast(image, tf.uint8)
 
 
 def make_randaugment(model_config):
@@ -94,8 +100,14 @@ def make_randaugment(model_config):
 
 
 def eval_transform(image_bytes, model_config):
-    """Encoded image -> normalised float32 (S, S, 3): the shared eval transform."""
-    image = preprocessing.eval_transform(preprocessing.decode_image(image_bytes), model_config)
+    """Encoded image -> float32 (S, S, 3) pixels in 0..255: the shared eval transform before its
+    normalisation, which the trainer's eval step applies.
+
+    Not uint8 as in training: the bicubic resize gives non-integral values, and rounding them
+    would change the eval numbers against the teacher's and labeling job's transform.
+    """
+    image = preprocessing.center_crop_and_resize(preprocessing.decode_image(image_bytes),
+                                                 model_config.eval_image_size, model_config.crop_padding)
     size = model_config.eval_image_size
     image.set_shape([size, size, 3])
     return image

@@ -95,14 +95,15 @@ def _assemble(positions, targets, survivor_slots, survivor_images):
     return images, targets, skipped
 
 
-def decode_batches(examples, image_transform, batch_size, image_shape):
+def decode_batches(examples, image_transform, batch_size, image_spec):
     """(position, encoded image, target) examples -> (images, targets, skipped positions) batches.
 
     Exactly the batches of `examples.map(image_transform).batch(batch_size)` when every image
     decodes; an image that does not is skipped and its slot refilled from its own batch
     (`_assemble`), so every batch still holds the same positions. The images of a batch are
     decoded in one small nested dataset (tf.data's only way to survive an error is to drop
-    the element: `ignore_errors`), two batches at a time.
+    the element: `ignore_errors`), two batches at a time. `image_spec` (a tf.TensorSpec) is
+    the shape and dtype `image_transform` returns.
     """
 
     def decode_batch(positions, encoded, targets):
@@ -112,7 +113,8 @@ def decode_batches(examples, image_transform, batch_size, image_shape):
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                      .ignore_errors(log_warning=True)
                      .batch(batch_size))
-        none_decoded = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), tf.zeros([0, *image_shape])))
+        none_decoded = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32),
+                                                     tf.zeros([0, *image_spec.shape], image_spec.dtype)))
         return survivors.concatenate(none_decoded).take(1).map(
             lambda survivor_slots, survivor_images: _assemble(positions, targets, survivor_slots, survivor_images))
 
@@ -201,6 +203,9 @@ class InputBuilder:
         (see the module docstring) without moving any example to another step."""
         randaugment = augment.make_randaugment(self.model_config)
         size = self.model_config.train_image_size
+        # uint8 pixels (a quarter of float32's bytes through tf.data and the host-to-device
+        # feed); the trainer's compiled step normalises them.
+        image_spec = tf.TensorSpec([size, size, 3], tf.uint8)
 
         def image(position, encoded):
             return augment.train_transform(encoded, _fold(seed, position), self.model_config, randaugment,
@@ -208,10 +213,10 @@ class InputBuilder:
 
         examples = stream.map(lambda position, record: (position, record["image"], target(record)),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return report_skipped(decode_batches(examples, image, per_replica_batch, [size, size, 3]), stream_name)
+        return report_skipped(decode_batches(examples, image, per_replica_batch, image_spec), stream_name)
 
     def train_dataset(self, input_context, start_step=0):
-        """Per-replica batches {labeled_images, labels[, pseudo_images, pseudo_targets]}."""
+        """Per-replica batches {labeled_images, labels[, pseudo_images, pseudo_targets]}; images uint8."""
         per_replica_batch = input_context.get_per_replica_batch_size(self.config.batch_size)
         labeled = self._labeled_batches(input_context, start_step, per_replica_batch)
         if self.pseudo_source is None:
@@ -226,7 +231,8 @@ class InputBuilder:
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     def eval_dataset(self, input_context):
-        """Per-replica {images, labels, mask} batches: padded, static shapes, exact counts.
+        """Per-replica {images, labels, mask} batches: padded, static shapes, exact counts; images
+        are float32 pixels (0..255), normalised by the trainer's eval step.
 
         Every pipeline reads the whole (small) eval set and keeps every num_pipelines-th
         record, then pads with masked batches to one length, so all replicas run the same

@@ -5,6 +5,11 @@ forward/backward pass is one compiled function (XLA or TF graph: `jit_compile`, 
 per machine by default, see models/hardware.py), the optimizer update
 (gradient all-reduce, EMA) runs after it under the strategy, and `steps_per_execution`
 steps run inside one `tf.function` loop so a TPU host dispatches rarely.
+
+Images arrive as pixels (uint8 for training, float32 for eval; student/inputs.py) and the
+compiled step normalises them first: the host pipeline and the host-to-device feed carry a
+quarter of float32's bytes per training image, and normalising there is one cheap
+elementwise op on the device.
 """
 
 import os
@@ -15,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 import models
-from models import hardware
+from models import hardware, noise, preprocessing
 from student import recipe
 from teacher import devices
 
@@ -54,14 +59,17 @@ class Trainer:
         # Seeds the model's initial weights and the Keras seed generators of its dropout layers.
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            self.model = models.create(config.model, config.num_classes, dtype_policy=
+            # replica_noise: each replica draws its own dropout and stochastic-depth masks from
+            # the mirrored seed state and its replica id (models/noise.py); stock Keras dropout
+            # would give image i of every replica the same mask.
+            self.model = models.create(config.model, config.num_classes, replica_noise=True, dtype_policy=
                                        "mixed_bfloat16" if config.precision == "bfloat16" else None)
             self.optimizer = recipe.make_optimizer(config)
             self.optimizer.build(self.model.trainable_variables)
         # Dropout/stochastic-depth randomness lives in Keras SeedGenerator variables, which a
         # checkpoint of the model alone does not track; saving them makes resumption exact.
-        seed_states = [v for v in self.model.variables if "seed_generator_state" in v.path]
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, seed_states=seed_states)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              seed_states=noise.seed_states(self.model))
         # Every worker of a multi-worker job must save (the save is collective), but only the
         # chief's checkpoints are kept; the others write to a scratch directory of their own
         # (deleted by `close`) and all of them restore from the chief's.
@@ -78,7 +86,8 @@ class Trainer:
             jit_compile = self._measure_compile_mode() if measurable else True
         self.compile_mode = hardware.mode_name(jit_compile)
         self.compute_gradients = tf.function(self._gradients, jit_compile=jit_compile)
-        self.forward_eval = tf.function(lambda images: self.model(images, training=False), jit_compile=jit_compile)
+        self.forward_eval = tf.function(lambda images: self.model(self._normalize(images), training=False),
+                                        jit_compile=jit_compile)
         self._train_block = tf.function(self._train_block_fn)
         self._eval_pass = tf.function(self._eval_pass_fn)
 
@@ -90,10 +99,10 @@ class Trainer:
         statistics and dropout seeds, so every model variable is put back afterwards.
         """
         config, size = self.config, self.config.model_config.train_image_size
-        batch = {"labeled_images": tf.zeros([config.batch_size, size, size, 3]),
+        batch = {"labeled_images": tf.zeros([config.batch_size, size, size, 3], tf.uint8),
                  "labels": tf.zeros([config.batch_size], tf.int32)}
         if self.has_pseudo:
-            batch["pseudo_images"] = tf.zeros([config.pseudo_batch_size, size, size, 3])
+            batch["pseudo_images"] = tf.zeros([config.pseudo_batch_size, size, size, 3], tf.uint8)
             batch["pseudo_targets"] = tf.fill([config.pseudo_batch_size, config.num_classes], 1 / config.num_classes)
         saved = [variable.numpy() for variable in self.model.variables]
         jit_compile, _, self.compile_timings = hardware.choose_jit_compile(
@@ -134,14 +143,20 @@ class Trainer:
         values = [variable.value for variable in self.model.variables]  # the tf.Variables under Keras'
         return tf.reduce_all([tf.reduce_all(tf.math.is_finite(value)) for value in values if value.dtype.is_floating])
 
+    def _normalize(self, images):
+        """Pixels (0..255, any dtype) -> the model's input, as models.preprocessing.eval_transform gives it."""
+        model_config = self.config.model_config
+        return preprocessing.normalize(images, model_config.mean_rgb, model_config.stddev_rgb)
+
     def _gradients(self, batch):
-        """Per-replica losses and gradients of one mixed batch (labeled first, then pseudo)."""
+        """Per-replica losses and gradients of one mixed batch (labeled first, then pseudo) of uint8 pixels."""
         labeled_count = self.config.batch_size // self.strategy.num_replicas_in_sync
         images = batch["labeled_images"]
         if self.has_pseudo:
             # One forward pass over the whole mixed batch, as Noisy Student: BatchNorm
             # statistics are those of the mix, not of either part.
             images = tf.concat([images, batch["pseudo_images"]], axis=0)
+        images = self._normalize(images)
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             labeled_loss = recipe.labeled_loss(batch["labels"], logits[:labeled_count], self.config.num_classes,
@@ -220,7 +235,11 @@ class Trainer:
                 "examples": int(count)}
 
     def final_model(self):
-        """A float32 Keras model holding the EMA weights, built outside the strategy for saving."""
+        """A float32 Keras model holding the EMA weights, built outside the strategy for saving.
+
+        It has stock Keras dropout (no `replica_noise`), so the saved file needs only Keras;
+        the two dropouts hold no weights and are the identity outside training.
+        """
         if self.optimizer.use_ema:
             self.optimizer.finalize_variable_values(self.model.trainable_variables)
         model = models.create(self.config.model, self.config.num_classes)

@@ -35,7 +35,7 @@ def test_shuffle_bytes_accounts_for_every_shuffle_with_beams_own_coders():
     prediction = shuffle_elements.prediction_of(7, 49, 5, 10)
     assert len(prediction.uri) == 49 and prediction.uri.startswith("gs://")
     packed = elements.pack(prediction)
-    assert len(packed) == 64 + 1 + 49 + 1 + 26 + 4 * (2 * 5 + 2) == result["sizes"]["packed"] == 189
+    assert len(packed) == 1 + 32 + 21 + 49 + 4 * (2 * 5 + 2) == result["sizes"]["packed"] == 151
     assert elements.unpack(packed) == (prediction, 1)
     entry = records.tfrecord_frame(index.prediction_entry(prediction))
     assert abs(len(entry) - result["sizes"]["index_entry"]) <= 4  # varints of the class indices vary

@@ -9,7 +9,6 @@ both), and two overlapping globs labeled one image twice (stage 2's selection ra
 import itertools
 import os
 
-import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.testing import test_pipeline
@@ -96,27 +95,25 @@ def test_listed_units_on_a_test_pipeline(pngs, tmp_path):
     source = sources.input_source(str(listing), "auto", None, None, 1, sources.DEFAULT_MAX_BYTES)
     size = {name: (folder / name).stat().st_size for name in NAMES[:2]}
     dangling = f"{folder}/dangling.png"
+    unlistable = ("rejected", dangling, f"unreadable: a dangling symlink (its target "
+                                        f"{str(folder / 'gone.png')!r} does not exist)")
+    reaches = [("file", f"{folder}/a.png", None), ("file", f"{folder}/a.png", size["a.png"]),
+               ("file", f"{folder}/b.png", size["b.png"]), unlistable, ("file", dangling, None),
+               ("file", f"{folder}/a.png", None)]
     with test_pipeline.TestPipeline() as pipeline:
         units = pipeline | sources.ListUnits(source)
-        assert_that(units, equal_to([
-            ("file", f"{folder}/a.png", size["a.png"]), ("file", f"{folder}/b.png", size["b.png"]),
-            ("rejected", dangling, f"unreadable: a dangling symlink (its target {str(folder / 'gone.png')!r} "
-                                   "does not exist)"),
-            ("rejected", f"{folder}/a.png", DUPLICATE), ("rejected", f"{folder}/a.png", DUPLICATE),
-            ("rejected", dangling, DUPLICATE)]))
+        assert_that(units, equal_to(reaches))  # one per path a line reaches, merged in the bucket:
+    assert sorted(sources.one_unit_per_path(reaches)) == sorted([
+        ("file", f"{folder}/a.png", size["a.png"]), ("file", f"{folder}/b.png", size["b.png"]), unlistable,
+        ("rejected", f"{folder}/a.png", DUPLICATE), ("rejected", f"{folder}/a.png", DUPLICATE),
+        ("rejected", dangling, DUPLICATE)])
 
 
 def test_the_unit_of_a_path_does_not_depend_on_the_order_of_its_reaches():
-    reaches = [(sources.LITERAL, None), (sources.MATCHED, 12), (sources.MATCHED, 10),
-               (sources.UNLISTABLE, "unreadable: x")]
-    merge = sources._MergeReaches()
-    outputs = set()
-    for order in itertools.permutations(reaches):
-        for split in range(len(order) + 1):  # two partial accumulators merged, as across workers
-            parts = [merge.create_accumulator(), merge.create_accumulator()]
-            for index, reach in enumerate(order):
-                parts[index >= split] = merge.add_input(parts[index >= split], reach)
-            outputs.add(tuple(sources._units_of_path(("p", merge.extract_output(merge.merge_accumulators(parts))))))
+    reaches = [("file", "p", None), ("file", "p", 12), ("file", "p", 10), ("rejected", "p", "unreadable: x")]
+    outputs = {tuple(sources.one_unit_per_path(order)) for order in itertools.permutations(reaches)}
     assert outputs == {(("file", "p", 12),) + (("rejected", "p", DUPLICATE),) * 3}
-    only_literal = merge.add_input(merge.create_accumulator(), (sources.LITERAL, None))
-    assert list(sources._units_of_path(("p", merge.extract_output(only_literal)))) == [("file", "p", None)]
+    assert list(sources.one_unit_per_path([("rejected", "p", "unreadable: x"), ("file", "p", None)])) == [
+        ("rejected", "p", "unreadable: x"), ("rejected", "p", DUPLICATE)]
+    assert list(sources.one_unit_per_path([("file", "p", None), ("file", "q", None)])) == [
+        ("file", "p", None), ("file", "q", None)]

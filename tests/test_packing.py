@@ -24,6 +24,27 @@ def test_a_packed_prediction_unpacks_to_itself_and_its_copy_count():
             assert elements.packed_content_key(packed) == prediction.key
 
 
+def test_a_sha256_key_packs_as_32_raw_bytes_and_any_other_key_as_text():
+    hex_key = "0123456789abcdef" * 4
+    assert len(elements.pack(_prediction("a.jpg", key=hex_key))) == len(elements.pack(_prediction("a.jpg"))) == 91
+    for key in ("key-photo", "0123456789ABCDEF" * 4, "é" * 10, ""):  # upper-case hex stays text: exact round trip
+        packed = elements.pack(_prediction("a.jpg", key=key))
+        assert elements.unpack(packed)[0].key == elements.packed_content_key(packed) == key
+
+
+def test_identities_are_short_bytes_that_sort_as_key_bar_uri():
+    rng = np.random.default_rng(0)
+    keys = [bytes(rng.integers(0, 256, 32, dtype=np.uint8)).hex() for _ in range(20)] + ["00" * 32, "ff" * 32]
+    uris = ["a.jpg", "b.jpg", "/photos/été.png", "/photos/z|1.png", "gs://b/" + "x" * 41]
+    predictions = [_prediction(uri, key=key) for key in keys for uri in uris]
+    assert (sorted(predictions, key=lambda p: p.identity)
+            == sorted(predictions, key=lambda p: f"{p.key}|{p.uri}"))
+    assert len({p.identity for p in predictions}) == len(predictions)
+    assert len(_prediction("gs://b/" + "x" * 42, key=keys[0]).identity) == 32 + 49
+    # Keys that are not sha256 hex (tests name contents) keep the text form.
+    assert _prediction("a.jpg", key="key-cat").identity == b"key-cat|a.jpg"
+
+
 def test_the_distribution_survives_as_float32():
     distribution = np.linspace(0, 1, 10, dtype=np.float32)
     unpacked, _ = elements.unpack(elements.pack(_prediction("a.jpg", distribution=distribution)))

@@ -123,6 +123,25 @@ def test_training_mode_applies_noise_and_inference_mode_is_deterministic():
     assert not np.allclose(model(images, training=True), model(images, training=True))
 
 
+def test_replica_noise_draws_as_stock_dropout_on_one_device_and_round_trips_its_config():
+    # Outside a strategy the replica id is 0, whose masks are Keras' own (the per-replica
+    # masks under MirroredStrategy: tests/test_replica_noise.py).
+    built = []
+    for replica_noise in (False, True):
+        keras.utils.set_random_seed(11)
+        built.append(models.create("resnet_rs_tiny", num_classes=5, dropout_rate=0.5, stochastic_depth_rate=0.5,
+                                   replica_noise=replica_noise))
+    stock, replica = built
+    noise = [layer for layer in replica.layers if isinstance(layer, keras.layers.Dropout)]
+    assert len(noise) == 5 and all(type(layer).__name__ == "ReplicaDropout" for layer in noise)
+    images = np.random.default_rng(5).normal(size=(4, 32, 32, 3)).astype(np.float32)
+    for _ in range(2):  # both seed states advance alike
+        np.testing.assert_array_equal(replica(images, training=True), stock(images, training=True))
+    np.testing.assert_array_equal(replica(images, training=False), stock(images, training=False))
+    clone = keras.Model.from_config(replica.get_config())
+    assert type(clone.get_layer("top_dropout")).__name__ == "ReplicaDropout"
+
+
 def test_bfloat16_policy_computes_in_bfloat16_with_float32_variables_and_logits():
     fp32 = models.create("resnet_rs_tiny", num_classes=10)
     bf16 = models.create("resnet_rs_tiny", num_classes=10, dtype_policy="mixed_bfloat16")

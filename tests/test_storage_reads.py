@@ -52,10 +52,10 @@ def test_many_threads_share_one_client_and_read_every_byte(uploaded, monkeypatch
 def test_one_request_per_read(gcs_emulator, uploaded):
     uris = sorted(uploaded)[:10]
     storage.client()  # built, and every bucket lookup it might make made, before counting
-    before = len(gcs_emulator.requests())
+    before = len(gcs_emulator.settled_requests())
     for uri in uris:
         file_reads.read_file(uri, 1 << 20)
-    served = gcs_emulator.requests()[before:]
+    served = gcs_emulator.settled_requests()[before:]
     # Media GETs (no metadata request first), one per object, in the order read.
     assert [(method, path.split("?")[0], "alt=media" in path) for method, path, _ in served] == [
         ("GET", f"/download/storage/v1/b/{BUCKET}/o/{quote(uri.split('/', 3)[3], safe='')}", True) for uri in uris]
@@ -72,10 +72,10 @@ def test_too_large_missing_and_empty_objects(gcs_emulator, uploaded):
     large = f"gs://{BUCKET}/large.png"
     with pytest.raises(InputRejected, match=r"^too_large: more than --max_bytes=50 bytes read \(the read stopped"):
         file_reads.read_file(large, 50)
-    before = len(gcs_emulator.requests())
+    before = len(gcs_emulator.settled_requests())
     with pytest.raises(InputRejected, match=r"^too_large: 100 bytes > --max_bytes=50 \(refused before reading\)$"):
         file_reads.read_file(large, 50, size=100)
-    assert len(gcs_emulator.requests()) == before, "a listed size over the limit is refused without a request"
+    assert len(gcs_emulator.settled_requests()) == before, "a listed size over the limit is refused without a request"
     assert file_reads.read_file(large, 100) == b"x" * 100
     assert file_reads.read_file(f"gs://{BUCKET}/empty.png", 100) == b""
     with pytest.raises(InputRejected, match=r"^unreadable: NotFound: 404 GET .*/o/missing\.png"):

@@ -81,3 +81,14 @@ def test_eval_batches_are_padded_and_masked_to_count_each_record_once(builder):
         assert all(b["images"].shape == (4 // replicas, 32, 32, 3) for b in batches)
         assert len(batches) % replicas == 0
         assert sum(float(b["mask"].numpy().sum()) for b in batches) == 9
+
+
+def test_images_cross_to_the_device_as_pixels_uint8_for_training_float32_for_eval(builder):
+    # The trainer normalises them in its compiled step: a quarter of the bytes per training image.
+    batch = next(iter(builder.train_dataset(context())))
+    for key in ("labeled_images", "pseudo_images"):
+        assert builder.train_dataset(context()).element_spec[key].dtype == tf.uint8
+        assert batch[key].dtype == tf.uint8 and batch[key].numpy().max() > 1  # pixels, not [0, 1]
+    eval_images = next(iter(builder.eval_dataset(context())))["images"].numpy()
+    assert eval_images.dtype == np.float32
+    assert eval_images.min() >= 0.0 and eval_images.max() <= 255.0 and eval_images.max() > 1.0  # not normalised

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from models import preprocessing
 from student import inputs, sources, train
 from student import trainer as trainer_lib
 from student.config import TrainConfig
@@ -78,6 +79,20 @@ def test_the_train_step_compiles_with_xla_and_matches_the_graph_step(folder):
     assert float(xla_loss) == pytest.approx(float(graph_loss), rel=1e-4)
     for xla, graph in zip(xla_gradients, graph_gradients):
         np.testing.assert_allclose(xla.numpy(), graph.numpy(), rtol=2e-3, atol=2e-5)
+
+
+def test_the_step_normalises_the_pixels_it_gets_as_the_teachers_eval_transform(folder):
+    # The input pipeline ships pixels (uint8 train, float32 eval); the model still sees normalised input,
+    # which is what the exported model (final_model, teacher/) expects.
+    config = TrainConfig(**small_flags(folder, "ram://normalise-run", num_classes=3, labeled_examples=12))
+    source = sources.open_source(folder)
+    trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy(), inputs.InputBuilder(config, source,
+                                                                                             eval_source=source))
+    pixels = next(iter(trainer.inputs.eval_dataset(tf.distribute.InputContext())))["images"]
+    model_config = config.model_config
+    expected = trainer.model(preprocessing.normalize(pixels, model_config.mean_rgb, model_config.stddev_rgb),
+                             training=False)
+    np.testing.assert_allclose(trainer.forward_eval(pixels).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_auto_compile_mode_measures_both_and_leaves_the_model_untouched(folder):

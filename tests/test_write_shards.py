@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from pipeline import decode, options, records, select, sources, write
-from pipeline.elements import Prediction
+from pipeline.elements import Prediction, Rejection
 
 COPIES = {"a": 1, "b": 3, "c": 5, "d": 2}  # 11 records from 4 images
 
@@ -105,6 +105,32 @@ def test_placement_follows_the_content_key_only(tmp_path, spill_dir):
     assert sum(len(shard) for shard in shards) == sum(COPIES.values())
 
 
+def test_identical_contents_are_ordered_by_uri_and_the_writer_holds_no_shard_in_memory(tmp_path, spill_dir):
+    """Two files of one content (a duplicate kept without --dedup), each with copies: every
+    record's hash ties with the other file's copy of the same index, and the URI breaks the tie,
+    as records.record_order says. The shard's elements waited in a file (_ShardOnDisk), gone after."""
+    selected = _photos(tmp_path / "photos")
+    twin = tmp_path / "photos" / "0-twin-of-c.png"  # sorts before c.png
+    twin.write_bytes((tmp_path / "photos" / "c.png").read_bytes())
+    prediction, copies = next(item for item in selected if item[0].uri.endswith("c.png"))
+    selected.append((prediction._replace(uri=str(twin)), copies))
+    opened = []
+    init = write._ShardOnDisk.__init__
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(write._ShardOnDisk, "__init__", lambda self, items: (init(self, items), opened.append(self))[0])
+        counters = _write(selected, tmp_path / "photos", 1)
+    (shard,) = _read(tmp_path / "out", 1)
+    assert counters["images_fetched"] == len(COPIES) + 1 and len(shard) == sum(COPIES.values()) + copies
+    keys = {str(tmp_path / "photos" / f"{name}.png"): item[0].key for name, item in zip(COPIES, selected)}
+    keys[str(twin)] = prediction.key
+    got = [(record["image/source_uri"], record["label/copy_index"]) for record in shard]
+    assert got == sorted(got, key=lambda item: records.record_order(keys[item[0]], *item))
+    for copy in range(copies):  # each tie: the twin's record right before c.png's
+        at = got.index((str(twin), copy))
+        assert got[at + 1] == (prediction.uri, copy)
+    assert len(opened) == 1 and opened[0]._file.closed
+
+
 def test_an_image_lost_since_stage_1_loses_each_of_its_copies(tmp_path, spill_dir):
     selected = _photos(tmp_path / "photos")
     os.remove(tmp_path / "photos" / "c.png")  # five copies
@@ -130,3 +156,34 @@ def test_an_image_lost_since_stage_1_loses_each_of_its_copies(tmp_path, spill_di
 def test_rejection_shards_follow_the_expected_lines_unless_given(rejected_shards, dedup, counts, expected):
     settings = options.LabelSettings(teacher="", input="", output="", rejected_shards=rejected_shards, dedup=dedup)
     assert select.rejected_shard_count(settings, counts) == expected
+
+
+def test_every_shard_is_written_and_listed_empty_ones_included(tmp_path):
+    """More shards than images (train) or lines (rejected): every `-of-N` file exists, the empty
+    ones with no bytes, and the files output lists each shard once with its count."""
+    selected = _photos(tmp_path / "photos")[:2]
+    source = sources.input_source(str(tmp_path / "photos" / "*.png"), "images", None, None, 1, 1 << 20)
+    out = tmp_path / "out"
+    pipeline = TestPipeline()
+    train = (pipeline
+             | "Selected" >> beam.Create(selected)
+             | write.WriteTrainShards(str(out), source, 10_000, 0, decode.DEFAULT_DECODE_MEMORY_MB, 2,
+                                      pipeline | "Count" >> beam.Create([6])))
+    rejected = (pipeline
+                | "Rejections" >> beam.Create([Rejection("gs://b/x.jpg", "decode: not an image", "decode")])
+                | write.WriteRejections(str(out), 3))
+    train_names = [records.shard_name(records.TRAIN_PREFIX, index, 6, records.TRAIN_SUFFIX) for index in range(6)]
+    rejected_names = [records.shard_name(records.REJECTED_PREFIX, index, 3, records.REJECTED_SUFFIX)
+                      for index in range(3)]
+    assert_that(train["files"] | beam.MapTuple(lambda name, count: name), equal_to(train_names), label="Train")
+    assert_that(train["files"] | beam.MapTuple(lambda name, count: count) | beam.CombineGlobally(sum),
+                equal_to([sum(copies for _, copies in selected)]), label="TrainCount")
+    assert_that(rejected | beam.MapTuple(lambda name, count: (name, count)) | beam.Filter(lambda item: item[1]),
+                equal_to([(records.shard_name(records.REJECTED_PREFIX, records.shard_of(
+                    "gs://b/x.jpg|decode|decode: not an image", 3), 3, records.REJECTED_SUFFIX), 1)]),
+                label="RejectedCount")
+    assert_that(rejected | beam.MapTuple(lambda name, count: name), equal_to(rejected_names), label="Rejected")
+    pipeline.run().wait_until_finish()
+    assert sorted(path.name for path in out.iterdir()) == sorted(train_names + rejected_names)
+    sizes = [(out / name).stat().st_size for name in train_names + rejected_names]
+    assert sizes.count(0) == 9 - len({records.shard_of(p.key, 6) for p, _ in selected}) - 1
