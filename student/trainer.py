@@ -66,6 +66,15 @@ class Trainer:
                                        "mixed_bfloat16" if config.precision == "bfloat16" else None)
             self.optimizer = recipe.make_optimizer(config)
             self.optimizer.build(self.model.trainable_variables)
+            # Each replica adds its step losses to its own copy (on its device); reading the
+            # variable after a block sums the copies once: one cross-replica reduction per
+            # block, not two per step. Not checkpointed: it is reset at every block.
+            self._loss_sums = tf.Variable(tf.zeros([2]), trainable=False, name="block_loss_sums",
+                                          synchronization=tf.VariableSynchronization.ON_READ,
+                                          aggregation=tf.VariableAggregation.SUM)
+            self._eval_sums = tf.Variable(tf.zeros([4]), trainable=False, name="eval_sums",
+                                          synchronization=tf.VariableSynchronization.ON_READ,
+                                          aggregation=tf.VariableAggregation.SUM)
         # Dropout/stochastic-depth randomness lives in Keras SeedGenerator variables, which a
         # checkpoint of the model alone does not track; saving them makes resumption exact.
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
@@ -176,16 +185,14 @@ class Trainer:
         # Under a strategy, Keras all-reduces (sums) the per-replica gradients here; the
         # losses were divided by the global batch, so the sum is the global mean.
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
-        return labeled_loss, pseudo_loss
+        self._loss_sums.assign_add(tf.stack([labeled_loss, pseudo_loss]))
 
     def _train_block_fn(self, iterator, num_steps):
-        labeled_total, pseudo_total = tf.constant(0.0), tf.constant(0.0)
+        self._loss_sums.assign(tf.zeros([2]))  # in cross-replica context: every replica's copy
         for _ in tf.range(num_steps):
-            labeled_loss, pseudo_loss = self.strategy.run(self._replica_step, args=(next(iterator),))
-            labeled_total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, labeled_loss, axis=None)
-            pseudo_total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, pseudo_loss, axis=None)
-        count = tf.cast(num_steps, tf.float32)
-        return labeled_total / count, pseudo_total / count
+            self.strategy.run(self._replica_step, args=(next(iterator),))
+        sums = self._loss_sums.read_value() / tf.cast(num_steps, tf.float32)  # the one reduction
+        return sums[0], sums[1]
 
     def train_block(self, iterator, num_steps):
         """Runs `num_steps` steps; returns (mean labeled loss, mean pseudo loss, seconds)."""
@@ -204,32 +211,36 @@ class Trainer:
         top_5 = min(5, self.config.num_classes)
         correct_1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
         correct_5 = tf.cast(tf.math.in_top_k(labels, logits, top_5), tf.float32)
-        return tf.stack([tf.reduce_sum(cross_entropy * mask), tf.reduce_sum(correct_1 * mask),
-                         tf.reduce_sum(correct_5 * mask), tf.reduce_sum(mask)])
+        self._eval_sums.assign_add(tf.stack([tf.reduce_sum(cross_entropy * mask), tf.reduce_sum(correct_1 * mask),
+                                             tf.reduce_sum(correct_5 * mask), tf.reduce_sum(mask)]))
 
-    def _eval_pass_fn(self, dataset):
-        totals = tf.zeros([4])
+    def _eval_pass_fn(self, dataset, swap_in_ema):
+        """(loss sum, top-1 count, top-5 count, examples) over `dataset`, reduced once at the end.
+
+        With `swap_in_ema`, the EMA values are swapped into the model for the pass and the
+        training values put back after it, all inside this function: each replica keeps its
+        copy of the training values on its own device (no trip through host memory; ~350 MB
+        for resnet_rs_152), and Keras' finalize_variable_values is the public way to load the EMA.
+        """
+        variables = self.model.trainable_variables
+        if swap_in_ema:
+            backup = self.strategy.run(lambda: [tf.identity(variable) for variable in variables])
+            self.optimizer.finalize_variable_values(variables)
+        self._eval_sums.assign(tf.zeros([4]))
         for batch in dataset:
-            totals += self.strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                           self.strategy.run(self._eval_replica, args=(batch,)), axis=None)
+            self.strategy.run(self._eval_replica, args=(batch,))
+        totals = self._eval_sums.read_value()
+        if swap_in_ema:
+            # `update` hands each device's copy of the variable that device's backup.
+            for variable, value in zip(variables, backup):
+                self.strategy.extended.update(variable.value, lambda copy, saved: copy.assign(saved), args=(value,))
         return totals
 
     def evaluate(self, dataset, use_ema=True):
-        """top-1, top-5 and loss of the EMA weights (in inference mode) on a distributed eval dataset.
-
-        The EMA values are swapped into the model for the pass and the training values put
-        back after it; Keras' finalize_variable_values is the public way to read the EMA.
-        """
-        swap = use_ema and self.optimizer.use_ema
-        backup = [variable.numpy() for variable in self.model.trainable_variables] if swap else None
-        if swap:
-            self.optimizer.finalize_variable_values(self.model.trainable_variables)
-        try:
-            loss, correct_1, correct_5, count = (float(value) for value in self._eval_pass(dataset))
-        finally:
-            if swap:
-                for variable, value in zip(self.model.trainable_variables, backup):
-                    variable.assign(value)
+        """top-1, top-5 and loss of the EMA weights (or the training weights: `use_ema=False`),
+        in inference mode, on a distributed eval dataset."""
+        swap = bool(use_ema and self.optimizer.use_ema)
+        loss, correct_1, correct_5, count = (float(value) for value in self._eval_pass(dataset, swap))
         count = max(count, 1.0)
         return {"top_1": correct_1 / count, "top_5": correct_5 / count, "loss": loss / count,
                 "examples": int(count)}

@@ -27,7 +27,8 @@ config = TrainConfig(**small_flags(folder, os.path.join(work, "run"), pseudo=pse
 result = train.run(config)
 
 strategy = trainer_lib.make_strategy("mirrored")
-builder = inputs.InputBuilder(config, sources.open_source(folder), pseudo.open_pseudo(pseudo_glob, 3))
+builder = inputs.InputBuilder(config, sources.open_source(folder), pseudo.open_pseudo(pseudo_glob, 3),
+                              eval_source=sources.open_source(folder, flag="eval"))
 trainer = trainer_lib.Trainer(config, strategy, builder)
 iterator = iter(strategy.distribute_datasets_from_function(builder.train_dataset))
 batch = next(iterator)
@@ -37,9 +38,24 @@ shares = [(int(labeled.shape[0]), int(pseudo_part.shape[0])) for labeled, pseudo
 labeled_loss, pseudo_loss, _ = trainer.train_block(iterator, 2)
 in_sync = all(np.array_equal(*[v.numpy() for v in strategy.experimental_local_results(variable.value)])
               for variable in trainer.model.trainable_variables)
+
+def replica_values():
+    return [[v.numpy() for v in strategy.experimental_local_results(variable.value)]
+            for variable in trainer.model.trainable_variables]
+
+eval_data = lambda: strategy.distribute_datasets_from_function(builder.eval_dataset)
+training_values = replica_values()
+with_ema = trainer.evaluate(eval_data(), use_ema=True)
+restored = all(np.array_equal(a, b) for before, after in zip(training_values, replica_values())
+               for a, b in zip(before, after))
+without_ema = trainer.evaluate(eval_data(), use_ema=False)
+trainer.optimizer.finalize_variable_values(trainer.model.trainable_variables)  # the EMA, loaded by hand
+ema_by_hand = trainer.evaluate(eval_data(), use_ema=False)
 print("RESULT " + json.dumps({"replicas": strategy.num_replicas_in_sync, "step": result["step"],
                               "examples": result["eval"]["examples"], "shares": shares, "in_sync": in_sync,
-                              "losses": [labeled_loss, pseudo_loss], "trainer_step": trainer.step}))
+                              "losses": [labeled_loss, pseudo_loss], "trainer_step": trainer.step,
+                              "restored": restored, "with_ema": with_ema, "without_ema": without_ema,
+                              "ema_by_hand": ema_by_hand}))
 """
 
 
@@ -52,3 +68,10 @@ def test_mirrored_strategy_over_two_logical_cpu_devices():
     assert result["examples"] == 12  # 12 eval images in padded batches of 4 per replica, each counted once
     assert result["shares"] == [[2, 6], [2, 6]]  # batch 4 labeled + 12 pseudo, split evenly per replica
     assert result["in_sync"] and all(loss > 0 for loss in result["losses"])
+    # The EMA swap for evaluation happens on the devices and puts every replica's training
+    # values back exactly; what it evaluates is the EMA (loaded by hand: same metrics, to 1e-5).
+    assert result["restored"]
+    assert result["with_ema"]["examples"] == result["ema_by_hand"]["examples"] == 12
+    for metric in ("top_1", "top_5", "loss"):
+        assert abs(result["with_ema"][metric] - result["ema_by_hand"][metric]) <= 1e-5
+    assert result["with_ema"]["loss"] != result["without_ema"]["loss"]  # two steps move the EMA off the weights
