@@ -154,6 +154,15 @@ class InputBuilder:
         self.eval_source = eval_source
         self.model_config = config.model_config
         self.num_classes = config.num_classes
+        self._eval_share_records = {}  # num_pipelines -> the largest pipeline's eval share
+
+    def _largest_eval_share(self, num_pipelines):
+        # Every pipeline must run the same number of eval steps, so each needs the largest
+        # share's size: found once per run (TFRecord file counts are cached by the source).
+        if num_pipelines not in self._eval_share_records:
+            self._eval_share_records[num_pipelines] = max(
+                self.eval_source.share(pipeline, num_pipelines).num_records for pipeline in range(num_pipelines))
+        return self._eval_share_records[num_pipelines]
 
     def stream_seed(self, stream, pipeline_index, start_step):
         seed = tf.constant([self.config.seed, stream], tf.int64)
@@ -234,15 +243,17 @@ class InputBuilder:
         """Per-replica {images, labels, mask} batches: padded, static shapes, exact counts; images
         are float32 pixels (0..255), normalised by the trainer's eval step.
 
-        Every pipeline reads the whole (small) eval set and keeps every num_pipelines-th
-        record, then pads with masked batches to one length, so all replicas run the same
-        number of steps and each record is counted exactly once (an image that does not
-        decode is not counted: it is dropped, and printed).
+        Each pipeline (host) reads only its share of the eval set, as the source deals it (its
+        own TFRecord files when there are at least as many files as pipelines, a TFDS
+        even split, every P-th image of a folder), then pads with masked batches to the
+        largest share's length, so all replicas run the same number of steps and each record
+        is counted exactly once (an image that does not decode is not counted: it is dropped,
+        and printed).
         """
         pipeline, pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
         per_replica_batch = input_context.get_per_replica_batch_size(self.config.eval_batch_size)
         replicas_per_pipeline = self.config.eval_batch_size // per_replica_batch // pipelines
-        records_for_epoch, num_records = self.eval_source.records(0, 1)
+        share = self.eval_source.share(pipeline, pipelines)
         size = self.model_config.eval_image_size
 
         def decode_chunk(encoded, labels):
@@ -268,7 +279,7 @@ class InputBuilder:
 
             return decoded.concatenate(nothing).take(1).map(report).unbatch()
 
-        records = (records_for_epoch().shard(pipelines, pipeline)
+        records = (share.records_for_epoch()
                    .map(lambda record: (record["image"], tf.cast(record["label"], tf.int32)))
                    .batch(_EVAL_CHUNK)
                    .interleave(decode_chunk, cycle_length=2, block_length=1, num_parallel_calls=2,
@@ -277,8 +288,8 @@ class InputBuilder:
         padding = tf.data.Dataset.from_tensors({"images": tf.zeros([size, size, 3]),
                                                 "labels": tf.constant(0, tf.int32),
                                                 "mask": tf.constant(0.0)}).repeat()
-        # Steps for which every pipeline's share (at most ceil(N / pipelines) records) fits.
-        steps = -(-(-(-num_records // pipelines)) * pipelines // self.config.eval_batch_size)
+        # Steps for which every pipeline's share fits.
+        steps = -(-self._largest_eval_share(pipelines) * pipelines // self.config.eval_batch_size)
         batches_per_pipeline = steps * replicas_per_pipeline
         return records.concatenate(padding).batch(per_replica_batch, drop_remainder=True).take(
             batches_per_pipeline).prefetch(tf.data.AUTOTUNE)

@@ -120,6 +120,19 @@ def test_labeled_examples_is_trusted_and_a_tfrecord_eval_set_is_counted_once(dat
     assert [len(list(dataset)) for dataset in first] == [3, 3]  # 12 records in batches of 4
 
 
+def test_each_host_evaluates_on_its_own_eval_files_and_every_record_counts_once(data, reads):
+    builder = _builder(data, labeled=data["labeled"], labeled_examples=12)  # --eval: 12 records, 2 files
+    datasets = [builder.eval_dataset(context(2, pipeline)) for pipeline in (0, 1)]
+    assert int(reads.numpy()) == 12  # the one counting pass, shared by both pipelines
+    counted = []
+    for dataset in datasets:
+        reads.assign(0)
+        batches = list(dataset)
+        assert int(reads.numpy()) == 6  # its own file only, not the whole set
+        counted.append((len(batches), sum(float(batch["mask"].numpy().sum()) for batch in batches)))
+    assert counted == [(3, 6.0), (3, 6.0)]  # the same number of steps; 12 records counted once in all
+
+
 class TinyShapes(tfds.core.GeneratorBasedBuilder):
     """40 small PNGs in 3 classes: a real prepared TFDS dataset (files, split metadata) for slicing."""
     VERSION = tfds.core.Version("1.0.0")
