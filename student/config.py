@@ -76,6 +76,8 @@ class TrainConfig:
     keep_checkpoints: int = 5
     log_every: int = 100
     steps_per_execution: int = 1
+    micro_batches: int = 1  # gradient accumulation: each replica's share of a step in this many passes
+    replica_memory_gb: float = 0.0  # 0: from the TPU's accelerator type (student/device_memory.py)
     strategy: str = "auto"
     tpu: str = None
     precision: str = "float32"
@@ -160,8 +162,9 @@ def validate(config):
     _require(0 < config.crop_min_area <= 1, "crop_min_area", f"must be in (0, 1], got {config.crop_min_area}.")
     _require(config.labeled_examples is None or config.labeled_examples > 0, "labeled_examples", "must be positive.")
     _require(config.num_classes is None or config.num_classes > 1, "num_classes", "must be at least 2.")
+    _require(config.replica_memory_gb >= 0, "replica_memory_gb", f"must be >= 0, got {config.replica_memory_gb}.")
     for flag in ("shuffle_buffer", "eval_batch_size", "checkpoint_every", "keep_checkpoints", "log_every",
-                 "steps_per_execution"):
+                 "steps_per_execution", "micro_batches"):
         _require(getattr(config, flag) > 0, flag, f"must be positive, got {getattr(config, flag)}.")
     _require(config.eval_every >= 0, "eval_every", "must be >= 0 (0: evaluate at the end only).")
     for flag in ("checkpoint_every", "log_every") + (("eval_every",) if config.eval_every else ()):

@@ -27,7 +27,7 @@ import models
 import teacher
 from models import cli, hardware
 from student import config as config_lib
-from student import inputs, pseudo, sources
+from student import device_memory, inputs, pseudo, sources
 from student import trainer as trainer_lib
 from student.config import ConfigError, TrainConfig
 from teacher import directory
@@ -78,8 +78,13 @@ _HELP = {
     "keep_checkpoints": "Checkpoints to keep.",
     "log_every": "Progress line and TensorBoard scalars every N steps.",
     "steps_per_execution": "Steps per compiled loop call (large on TPU, e.g. 100).",
+    "micro_batches": "Gradient accumulation: each replica runs its share of a step in this many passes and "
+                     "sums their gradients before one update (same global batch and recipe; BatchNorm statistics "
+                     "per pass); for the paper's batch on fewer chips.",
+    "replica_memory_gb": "Memory of one replica (a TPU v4+ chip, a v2/v3 core, a GPU) that the batch is checked "
+                         "against before compiling; 0: from TPU_ACCELERATOR_TYPE on a TPU VM, else unchecked.",
     "strategy": "tf.distribute strategy; mirrored: all local devices, multi_worker: the cluster in TF_CONFIG.",
-    "tpu": "TPU name or grpc:// address (or 'local' on a TPU VM).",
+    "tpu": "TPU name or grpc:// address; 'local' on a single-host TPU VM, the slice's name for a pod slice.",
     "precision": "bfloat16: bfloat16 compute, float32 variables.",
     "jit_compile": "auto: XLA on GPU/TPU; on a CPU the faster of XLA and TF's graph executor for this model "
                    "and batch, measured before training starts.",
@@ -104,11 +109,11 @@ GROUPS = (
     ("Pseudo labels", ["pseudo", "pseudo_run_id", "pseudo_ratio", "hard_pseudo_labels", "pseudo_loss_weight"]),
     ("Model and output", ["model", "model_dir", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every",
                           "eval_batch_size"]),
-    ("Optimisation", ["batch_size", "epochs", "train_steps", "warmup_epochs", "base_learning_rate", "momentum",
+    ("Optimisation", ["batch_size", "micro_batches", "epochs", "train_steps", "warmup_epochs", "base_learning_rate", "momentum",
                       "weight_decay", "label_smoothing", "ema_decay"]),
     ("Augmentation", ["randaugment_magnitude", "randaugment_layers", "crop_min_area", "random_flip",
                       "shuffle_buffer"]),
-    ("Runtime", ["strategy", "tpu", "precision", "jit_compile", "steps_per_execution", "seed", "deterministic",
+    ("Runtime", ["strategy", "tpu", "replica_memory_gb", "precision", "jit_compile", "steps_per_execution", "seed", "deterministic",
                  "resume_input", cli.TF_LOGS]),
 )
 
@@ -173,6 +178,10 @@ def _open_inputs(config, strategy):
         if getattr(config, flag) % replicas:
             raise ConfigError(f"--{flag}={getattr(config, flag)} is not divisible by the {replicas} replicas "
                               f"of --strategy={config.strategy}.")
+    if config.batch_size % (replicas * config.micro_batches):
+        raise ConfigError(f"--batch_size={config.batch_size} does not split into --micro_batches="
+                          f"{config.micro_batches} equal parts on each of the {replicas} replicas.")
+    _check_memory(config, strategy)
     if config.labeled_examples is None:
         config.labeled_examples = labeled.records(0, 1)[1]
     if config.labeled_examples < config.batch_size:
@@ -181,6 +190,22 @@ def _open_inputs(config, strategy):
     names = labeled.class_names if not config.class_names else None
     class_names = names or directory.class_names_from(config.class_names, config.num_classes)
     return inputs.InputBuilder(config, labeled, pseudo_source, eval_source), class_names
+
+
+def _check_memory(config, strategy):
+    # Before any compile: a TPU compile takes minutes, then fails with out-of-memory.
+    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+    memory = device_memory.replica_memory_bytes(config.replica_memory_gb) if config.replica_memory_gb or on_tpu else None
+    if memory is None:
+        if on_tpu:
+            print(f"replica memory unknown ({device_memory.ACCELERATOR_TYPE_VARIABLE} unset): the batch is not "
+                  "checked before compiling; pass --replica_memory_gb to check it", flush=True)
+        return
+    estimate = device_memory.check(config, strategy.num_replicas_in_sync, memory,
+                                   models.create(config.model, config.num_classes))
+    print(f"memory per replica: at least {estimate['bytes'] / device_memory.GIB:.1f} of "
+          f"{memory / device_memory.GIB:.0f} GiB ({estimate['images_per_micro_batch']} images per micro-batch)",
+          flush=True)
 
 
 def _scalar_metadata():
@@ -251,7 +276,16 @@ def run(config):
         while trainer.step < total:
             step = trainer.step
             num_steps = min(config.steps_per_execution, total - step)
-            labeled_loss, pseudo_loss, seconds = trainer.train_block(iterator, num_steps)
+            try:
+                labeled_loss, pseudo_loss, seconds = trainer.train_block(iterator, num_steps)
+            except tf.errors.ResourceExhaustedError as error:  # what device_memory's lower bound let through
+                images = trainer.images_per_step // strategy.num_replicas_in_sync // config.micro_batches
+                raise ConfigError(
+                    f"out of device memory in steps {step + 1}-{step + num_steps} with {images} images per replica "
+                    f"and pass (--batch_size={config.batch_size}, --pseudo_ratio={config.pseudo_ratio}, "
+                    f"--micro_batches={config.micro_batches}, {strategy.num_replicas_in_sync} replicas): raise "
+                    "--micro_batches (same global batch) or lower --batch_size. The device said: "
+                    f"{str(error.message).splitlines()[0][:300]}") from error
             step += num_steps
             if not (math.isfinite(labeled_loss) and math.isfinite(pseudo_loss)):
                 # Nothing from here on is saved or exported: the weights may be NaN already.

@@ -158,8 +158,31 @@ class Trainer:
         return preprocessing.normalize(images, model_config.mean_rgb, model_config.stddev_rgb)
 
     def _gradients(self, batch):
-        """Per-replica losses and gradients of one mixed batch (labeled first, then pseudo) of uint8 pixels."""
-        labeled_count = self.config.batch_size // self.strategy.num_replicas_in_sync
+        """Per-replica losses and gradients of one mixed batch (labeled first, then pseudo) of uint8 pixels,
+        in --micro_batches passes whose gradients and losses are summed.
+
+        Each pass takes the same slice of the labeled and of the pseudo part, so every pass is
+        a mix in the step's ratio; the losses are divided by the global batch, so the sums are
+        the step's. Only BatchNorm differs from one pass: its statistics are the pass's (as
+        they are a replica's, not the global batch's, on any multi-device run), and its moving
+        averages take one update per pass. A tf.range loop, so the step compiles one pass.
+        """
+        parts = self.config.micro_batches
+        if parts == 1:
+            return self._pass_gradients(batch)
+        sliced = {key: tf.reshape(value, [parts, -1, *value.shape[1:]]) for key, value in batch.items()}
+        gradients = [tf.zeros(variable.shape, variable.dtype) for variable in self.model.trainable_variables]
+        labeled_loss, pseudo_loss = tf.constant(0.0), tf.constant(0.0)
+        for part in tf.range(parts):
+            pass_gradients, pass_labeled, pass_pseudo = self._pass_gradients(
+                {key: value[part] for key, value in sliced.items()})
+            gradients = [total + gradient for total, gradient in zip(gradients, pass_gradients)]
+            labeled_loss, pseudo_loss = labeled_loss + pass_labeled, pseudo_loss + pass_pseudo
+        return gradients, labeled_loss, pseudo_loss
+
+    def _pass_gradients(self, batch):
+        """Losses and gradients of one pass over a mixed batch (or micro-batch) of a replica."""
+        labeled_count = self.config.batch_size // self.strategy.num_replicas_in_sync // self.config.micro_batches
         images = batch["labeled_images"]
         if self.has_pseudo:
             # One forward pass over the whole mixed batch, as Noisy Student: BatchNorm
