@@ -53,9 +53,11 @@ def shuffle_windows(records, window, seed, first_window=0):
 class Share:
     """One input pipeline's records.
 
-    `segments`: segment names (file paths), in stored order. `read(name, order_seed, skip)`:
-    the raw records of one segment from its record `skip` on (order_seed: the epoch's, for a
-    source that permutes inside its one segment). `parse`: raw record -> {"image", ...}.
+    `segments`: segment names (file paths; a file and its record range for TFDS), in stored
+    order. `read(name, order_seed, skip)`: the raw records of one segment from its record
+    `skip` on; `name` is a Python str for the partly used segment a resume starts in and a
+    string tensor otherwise (order_seed: the epoch's, for a source that permutes inside its
+    one segment). `parse`: raw record -> {"image", ...}.
     `count_segments()`: records per segment; called only to start inside an epoch or when
     `total` is not given (it may cost a pass over the files: sources cache it).
     """
@@ -81,7 +83,7 @@ class Share:
         From a position inside the epoch the segment order is computed here, eagerly
         (dataset_fn runs eagerly): the segments before it are left out of the list, and the
         partly used one is read from a Python skip, which a source may turn into a seek
-        (TFDS split slicing) instead of a read.
+        instead of a read.
         """
         order = tf.range(len(self.segments), dtype=tf.int64)
         if order_seed is not None and self.shuffle_segments:

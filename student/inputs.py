@@ -14,7 +14,7 @@ each stream (per pipeline), and a run resumed at step s rebuilds its streams fro
 positions: it sees the same examples with the same augmentation as a run that never
 stopped. Rebuilding does not replay the epoch: the files before the position are left out
 by their record counts (the labeling manifest's per-shard counts for --pseudo; counted once
-for a TFRecord --labeled; known to TFDS, which slices its split), and only the records of
+for a TFRecord --labeled; known to TFDS, whose files are read alike), and only the records of
 the partly used file before the position are read (not parsed, not decoded);
 `--resume_input=reseed` skips nothing and starts a fresh permutation derived from the
 step instead (not bit-identical).

@@ -101,6 +101,53 @@ def tfrecord_share(files, file_counts, pipeline_index, num_pipelines, parse, tot
     return epochs.Share([files[index] for index in chosen], read, parse, count_segments, total)
 
 
+def tfds_file_share(file_instructions, parse):
+    """An epochs.Share with one segment per TFDS file instruction (filename, skip, take): the
+    records [skip, skip + take) of one file of a prepared TFDS split, in TFDS's stored order.
+
+    A segment is read as TFDS reads that instruction (TFRecordDataset(file).skip(skip).take(take),
+    then `parse` deserializes as as_dataset does), not through builder.as_dataset: Share.epoch
+    builds every epoch after the first inside a tf.data flat_map, where a segment arrives as a
+    string tensor and as_dataset takes only Python split specs. Calling as_dataset for every file
+    up front and choosing among them (choose_from_datasets) would build one TFDS pipeline per
+    file each epoch and keep an iterator per file open; the file table read here keeps one file
+    open at a time, as for TFRecord sources, and works alike for a Python or a tensor name.
+    """
+    names = [f"{file.filename}[{file.skip}:{file.skip + file.take}]" for file in file_instructions]
+    paths = [os.fspath(file.filename) for file in file_instructions]
+    starts = [int(file.skip) for file in file_instructions]
+    counts = [int(file.take) for file in file_instructions]
+
+    def read(name, order_seed, skip):
+        # A resume's skip inside the file is TFDS's own split slicing of that file (a skip of
+        # records, unparsed: TFRecord files have no index); the files before it are not opened.
+        index = tf.argmax(tf.cast(tf.equal(tf.constant(names), name), tf.int32))
+        skip = tf.cast(skip, tf.int64)
+        first = tf.gather(tf.constant(starts, tf.int64), index) + skip
+        count = tf.gather(tf.constant(counts, tf.int64), index) - skip
+        return read_tfrecord_file(tf.gather(tf.constant(paths), index)).skip(first).take(count)
+
+    return epochs.Share(names, read, parse, lambda: list(counts), sum(counts))
+
+
+def _tfds_file_instructions(builder, subsplit, total):
+    """TFDS's file instructions of `subsplit` (one per file it touches, in read order), or None
+    where the share cannot be cut by file: a format other than TFRecord, or split metadata that
+    does not describe what as_dataset reads (tfds.testing.mock_data patches as_dataset and leaves
+    the splits empty)."""
+    file_format = builder.info.file_format
+    if getattr(file_format, "value", file_format) not in (None, "tfrecord"):
+        return None
+    try:
+        instructions = list(builder.info.splits[subsplit].file_instructions)
+    except (KeyError, ValueError, AssertionError):
+        return None
+    instructions = [file for file in instructions if file.take > 0]
+    if not instructions or sum(file.take for file in instructions) != total:
+        return None
+    return instructions
+
+
 def _tfds(spec, split, data_dir, flag):
     import tensorflow_datasets as tfds  # deferred: only TFDS sources need it
 
@@ -110,6 +157,11 @@ def _tfds(spec, split, data_dir, flag):
     # One file at a time, so that TFDS's read order is its split's order and a slice of the
     # split starts where skipping records would (the default interleaves 16 files).
     read_config = tfds.ReadConfig(interleave_cycle_length=1)
+    decoders = {"image": tfds.decode.SkipDecoding()}
+
+    def parse(record):
+        example = builder.info.features.deserialize_example(record, decoders=decoders)
+        return {"image": example["image"], "label": example["label"]}
 
     def make_share(pipeline_index, num_pipelines, known_total=None):
         # even_splits gives each host an exact, disjoint sub-split whose size TFDS knows.
@@ -118,13 +170,23 @@ def _tfds(spec, split, data_dir, flag):
         def as_dataset(instruction):
             try:
                 dataset = builder.as_dataset(split=instruction, shuffle_files=False, read_config=read_config,
-                                             decoders={"image": tfds.decode.SkipDecoding()})
+                                             decoders=decoders)
             except (AssertionError, ValueError, KeyError) as error:
                 raise ConfigError(f"--{flag}={spec} split {subsplit!r}: {error}") from error
             return dataset.map(lambda example: {"image": example["image"], "label": example["label"]})
 
-        whole = as_dataset(subsplit)
+        whole = as_dataset(subsplit)  # checks the split (nothing is read)
+        total = count_records(whole)  # TFDS knows its splits' sizes: no pass
 
+        # TFDS shuffles records across its files when it prepares a dataset; the share is one
+        # segment per file (shard) of the sub-split, so each epoch reads the files in an order
+        # drawn from its order seed (as for TFRecords), and the window shuffle mixes inside them.
+        files = _tfds_file_instructions(builder, subsplit, total)
+        if files is not None:
+            return tfds_file_share(files, parse)
+
+        # Otherwise (tfds.testing.mock_data, a non-TFRecord format) one segment, read in the
+        # stored order every epoch.
         def read(segment_name, order_seed, skip):
             if not skip:
                 return whole
@@ -141,9 +203,6 @@ def _tfds(spec, split, data_dir, flag):
                 left = max(0, left - (end - begin))
             return as_dataset(sum(sliced[1:], sliced[0]))
 
-        # TFDS shuffles records across its files when it prepares a dataset: the share is one
-        # segment, read in the stored order every epoch, and the window shuffle does the rest.
-        total = count_records(whole)  # TFDS knows its splits' sizes: no pass
         return epochs.Share([subsplit if isinstance(subsplit, str) else str(subsplit)], read, lambda record: record,
                             lambda: [total], total)
 

@@ -1,7 +1,8 @@
 """What the student input reads: nothing to count the pseudo set, one file at most to resume.
 
 Records are counted where they leave the TFRecord reader (sources.read_tfrecord_file, through
-which every student read of a TFRecord file goes), by a tf.data map that increments a variable.
+which every student read of a TFRecord file goes, a TFDS dataset's files included), by a
+tf.data map that increments a variable.
 """
 
 import numpy as np
@@ -150,20 +151,77 @@ class TinyShapes(tfds.core.GeneratorBasedBuilder):
             yield index, {"image": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), "label": index % 3}
 
 
-@pytest.mark.parametrize("pipelines", [1, 2])
-def test_a_tfds_share_resumed_by_split_slicing_continues_the_uninterrupted_stream(tmp_path, pipelines):
-    TinyShapes(data_dir=str(tmp_path)).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(num_shards=4))
-    source = sources.open_source("tfds:tiny_shapes", split="train", data_dir=str(tmp_path))
+TFDS_FILES, FILE_RECORDS = 4, 10  # TinyShapes written in 4 files of 10 records
+TFDS_RECORDS = TFDS_FILES * FILE_RECORDS
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes(tmp_path_factory):
+    """The data_dir of a prepared TinyShapes: 40 records in 4 files."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    TinyShapes(data_dir=data_dir).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(num_shards=TFDS_FILES))
+    assert tfds.builder("tiny_shapes", data_dir=data_dir).info.splits["train"].shard_lengths == [
+        FILE_RECORDS] * TFDS_FILES
+    return data_dir
+
+
+def tfds_file_of_image(data_dir):
+    """Encoded image -> index of the TinyShapes file that stores it (read through TFDS itself)."""
+    builder = tfds.builder("tiny_shapes", data_dir=data_dir)
+    file_of = {}
+    for index in range(TFDS_FILES):
+        shard = builder.as_dataset(split=tfds.core.ReadInstruction("train", from_=index, to=index + 1, unit="shard"),
+                                   decoders={"image": tfds.decode.SkipDecoding()})
+        file_of.update((example["image"].numpy(), index) for example in shard)
+    assert len(file_of) == TFDS_RECORDS
+    return file_of
+
+
+def test_a_tfds_share_reads_its_files_in_a_new_order_every_epoch(tiny_shapes, reads):
+    share = sources.open_source("tfds:tiny_shapes", split="train", data_dir=tiny_shapes).share()
+    assert share.count_segments() == [FILE_RECORDS] * TFDS_FILES and share.num_records == TFDS_RECORDS
+    assert int(reads.numpy()) == 0  # one segment per file, sizes from TFDS's split metadata: nothing read
+    file_of = tfds_file_of_image(tiny_shapes)
+    stream = stream_items(inputs.example_stream(share, 0, tf.constant([5, 0], tf.int64), shuffle_buffer=4),
+                          2 * TFDS_RECORDS)
+    orders = []
+    for epoch in range(2):
+        images = [image for _, image in stream[epoch * TFDS_RECORDS:(epoch + 1) * TFDS_RECORDS]]
+        assert sorted(images) == sorted(file_of)  # every record of the split once an epoch
+        files = [file_of[image] for image in images]
+        order = files[::FILE_RECORDS]
+        assert files == [index for index in order for _ in range(FILE_RECORDS)]  # whole files, one after another
+        assert sorted(order) == list(range(TFDS_FILES))
+        orders.append(order)
+    assert orders[0][0] != orders[1][0]  # the file order is drawn again each epoch
+    # Evaluation (no order seed) reads the split in TFDS's stored order.
+    stored = [record["image"].numpy() for record in share.records_for_epoch()]
+    assert [file_of[image] for image in stored] == [index for index in range(TFDS_FILES) for _ in range(FILE_RECORDS)]
+
+
+@pytest.mark.parametrize("pipelines", [1, 2, 3])  # 3: sub-splits of 14, 13 and 13 records end inside files
+def test_a_tfds_share_resumed_by_split_slicing_continues_the_uninterrupted_stream(tiny_shapes, pipelines):
+    source = sources.open_source("tfds:tiny_shapes", split="train", data_dir=tiny_shapes)
     share = source.share(pipelines - 1, pipelines)
-    assert share.num_records == 40 // pipelines
+    size = share.num_records
+    assert sum(share.count_segments()) == size == [40, 20, 13][pipelines - 1]
+    assert len(share.segments) == [4, 2, 2][pipelines - 1]  # one segment per file the sub-split touches
     seed = tf.constant([5, 0], tf.int64)
-    full = stream_items(inputs.example_stream(share, 0, seed, shuffle_buffer=4), 2 * share.num_records)
-    assert sorted(image for _, image in full[:share.num_records]) == sorted(
-        image for _, image in full[share.num_records:])  # every record once an epoch
-    for position in (1, 9, share.num_records * 9 // 10, share.num_records + 3):
+    full = stream_items(inputs.example_stream(share, 0, seed, shuffle_buffer=4), 3 * size)
+    assert sorted(image for _, image in full[:size]) == sorted(image for _, image in full[size:2 * size])
+    for position in (0, 1, size // 4, size // 2, size * 9 // 10, size + 3, 2 * size - 1):
         resumed = stream_items(inputs.example_stream(share, position, seed, shuffle_buffer=4), 6)
-        assert resumed == full[position:position + 6]
+        assert resumed == full[position:position + 6], position
+
+
+@pytest.mark.parametrize("position", [0, TFDS_RECORDS // 2, TFDS_RECORDS * 9 // 10, TFDS_RECORDS + 13])
+def test_a_tfds_share_starts_or_resumes_reading_at_most_one_file(tiny_shapes, reads, position):
+    share = sources.open_source("tfds:tiny_shapes", split="train", data_dir=tiny_shapes).share()
+    seed = tf.constant([5, 0], tf.int64)
+    first = stream_items(without_read_ahead(inputs.example_stream(share, position, seed, shuffle_buffer=4)), 1)
+    assert 0 < int(reads.numpy()) <= FILE_RECORDS  # TFDS's reads of its files go through read_tfrecord_file
+    assert first == stream_items(inputs.example_stream(share, 0, seed, shuffle_buffer=4), position + 1)[position:]
 
 
 def test_a_labeled_examples_count_the_files_contradict_stops_a_resume_naming_the_flag(data):

@@ -51,6 +51,8 @@ def test_tfds_imagenet2012_by_name_with_mock_data():
         assert source.num_classes == 1000 and len(source.class_names) == 1000
         records_for_epoch, count = source.records()
         assert count == 6
+        # mock_data patches as_dataset and leaves the split metadata empty: one segment, as before.
+        assert len(source.share().segments) == 1
         record = next(iter(records_for_epoch()))
         assert record["image"].dtype == tf.string  # encoded: decoding happens in the augmentation
         validation = sources.open_source("tfds:imagenet2012", split="validation", flag="eval")
