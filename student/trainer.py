@@ -244,6 +244,8 @@ class Trainer:
         training values put back after it, all inside this function: each replica keeps its
         copy of the training values on its own device (no trip through host memory; ~350 MB
         for resnet_rs_152), and Keras' finalize_variable_values is the public way to load the EMA.
+        An error inside the pass leaves the EMA values in the model: nothing catches it, the run
+        stops, and what it saved before (checkpoints) holds the training values.
         """
         variables = self.model.trainable_variables
         if swap_in_ema:
