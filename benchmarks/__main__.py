@@ -23,6 +23,9 @@
 (h) the commit's moves of 2,000 staged shards on gs:// (a GCS emulator on loopback), one chunk
     of 100 at a time against pipeline.commit's chunks in flight: on loopback, and with a
     modelled 50 ms wait per request (benchmarks/commit_moves.py).
+(i) the student's input pipeline alone (resnet_rs_152 at 256 px, 500x375 JPEG photos): images/s
+    a vCPU, projected to a TPU v4-8 / v5e-8 host's vCPUs against what its chips take at peak
+    (benchmarks/student_input_rate.py).
 How (a), (d) and (e) are measured: benchmarks/label_job.py. Ratios compare two sides
 measured in the same run; absolute numbers depend on the machine and on what else runs on
 it. Prints a table and writes every number to a JSON file.
@@ -36,7 +39,8 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import models  # noqa: E402
-from benchmarks import commit_moves, label_job, stand_in_device, storage_reads, student_throughput  # noqa: E402
+from benchmarks import (commit_moves, label_job, stand_in_device, storage_reads, student_input_rate,  # noqa: E402
+                        student_throughput)
 from models import hardware, profiling  # noqa: E402
 
 
@@ -85,6 +89,7 @@ def main():
                                                        os.path.join(workdir, "throughput"))
     results["forward"] = forward_flops("resnet_rs_50", 16, args.seconds)
     results["student"] = student_throughput.measure("resnet_rs_small", 8, 3, args.seconds, "auto")
+    results["student_input"] = student_input_rate.measure("resnet_rs_152", 16, 3, [1], args.seconds)
     with tempfile.TemporaryDirectory() as workdir:
         runs = label_job.job_resources(label_job.parse_sizes(args.memory_sizes), workdir)
     results["labeling_memory"] = label_job.memory_summary(runs)
@@ -106,6 +111,8 @@ def main():
         print(f"{'    XLA vs TF graph':<58}{row['xla_images_per_s']:>9.1f} vs {row['graph_images_per_s']:.1f} img/s")
     print(f"{'(c) student training, real input vs synthetic, resnet_rs_small':<58}"
           f"{student['real_images_per_s']:>9.1f} vs {student['synthetic_images_per_s']:.1f} img/s = {student['ratio']:.2f}")
+    for figure, measured in student_input_rate.rows(results["student_input"]):
+        print(_row(figure, measured))
     for figure, measured in label_job.resource_rows(results["labeling_memory"], results["labeling_cpu"]):
         print(_row(figure, measured))
     for figure, measured in storage_reads.rows(results["storage_reads"]):

@@ -50,22 +50,23 @@ GOAL_PEAK_GROWTH_PCT = 15.0  # (d): peak RSS at the largest size over the smalle
 GOAL_MARGINAL_CPU_MS = 2.0  # (e): marginal CPU ms per image, at most
 
 
-def _photos():
+def photos():
+    """The RGB photos that ship with scikit-learn and scikit-image (no download)."""
     import skimage.data
     import sklearn.datasets
 
-    photos = list(sklearn.datasets.load_sample_images().images)
-    photos += [getattr(skimage.data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")]
-    return [photo for photo in photos if photo.ndim == 3]
+    shipped = list(sklearn.datasets.load_sample_images().images)
+    shipped += [getattr(skimage.data, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")]
+    return [photo for photo in shipped if photo.ndim == 3]
 
 
 def write_photo_crops(folder, count, seed=0):
     """`count` JPEG crops (160-320 px sides) of real photos; returns their paths."""
     rng = np.random.default_rng(seed)
-    photos = _photos()
+    sources = photos()
     paths = []
     for index in range(count):
-        photo = photos[index % len(photos)]
+        photo = sources[index % len(sources)]
         height, width = rng.integers(160, 321, 2)
         height, width = min(height, photo.shape[0]), min(width, photo.shape[1])
         top = rng.integers(0, photo.shape[0] - height + 1)

@@ -6,18 +6,18 @@ import numpy as np
 import tensorflow as tf
 
 
-def count_flops(model, image_size, batch_size=1):
-    """FLOPs (2 x multiply-adds, as TF's profiler counts them) of one inference forward pass.
-
-    Traces the model in inference mode at a fixed input shape and lets TF's profiler sum
-    the float ops of the graph; nothing is executed.
-    """
+def inference_graph(model, image_size, batch_size=1):
+    """The graph of the model's inference forward pass at a fixed input shape: traced, not run."""
     forward = tf.function(lambda images: model(images, training=False))
-    concrete = forward.get_concrete_function(
-        tf.TensorSpec([batch_size, image_size, image_size, 3], tf.float32))
+    return forward.get_concrete_function(tf.TensorSpec([batch_size, image_size, image_size, 3], tf.float32)).graph
+
+
+def count_flops(model, image_size, batch_size=1):
+    """FLOPs (2 x multiply-adds, as TF's profiler counts them) of one inference forward pass,
+    summed by TF's profiler over the traced graph; nothing is executed."""
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
-    profile = tf.compat.v1.profiler.profile(graph=concrete.graph, options=options)
+    profile = tf.compat.v1.profiler.profile(graph=inference_graph(model, image_size, batch_size), options=options)
     return profile.total_float_ops // batch_size
 
 

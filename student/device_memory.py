@@ -18,8 +18,8 @@ trainer then stops at its first step with a message naming the same flags.
 import os
 
 import numpy as np
-import tensorflow as tf
 
+from models import profiling
 from student.config import ConfigError
 
 GIB = 1 << 30
@@ -27,6 +27,11 @@ GIB = 1 << 30
 # generation in the accelerator type a TPU VM reports (TPU_ACCELERATOR_TYPE, e.g. "v4-8").
 REPLICA_MEMORY_GIB = {"v2": 8, "v3": 16, "v4": 32, "v5litepod": 16, "v5e": 16, "v5p": 95, "v6e": 32}
 ACCELERATOR_TYPE_VARIABLE = "TPU_ACCELERATOR_TYPE"
+
+
+def describe(size):
+    """Bytes as GiB, or MiB under one GiB (a small --replica_memory_gb would read as 0 GiB)."""
+    return f"{size / GIB:.1f} GiB" if size >= GIB else f"{size / (1 << 20):.0f} MiB"
 
 
 def replica_memory_bytes(flag_gb, accelerator_type=None):
@@ -41,8 +46,7 @@ def replica_memory_bytes(flag_gb, accelerator_type=None):
 
 def footprint(model, image_size, precision):
     """(training state bytes, convolution output bytes per image) of a built Keras model."""
-    forward = tf.function(lambda images: model(images, training=False))
-    graph = forward.get_concrete_function(tf.TensorSpec([1, image_size, image_size, 3], tf.float32)).graph
+    graph = profiling.inference_graph(model, image_size)
     elements = sum(int(np.prod(operation.outputs[0].shape)) for operation in graph.get_operations()
                    if operation.type in ("Conv2D", "DepthwiseConv2dNative"))
     state = 4 * 4 * sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
@@ -68,12 +72,13 @@ def check(config, replicas, memory_bytes, model):
     advice = (f"pass --micro_batches={suggestion} (same global batch and recipe, gradients summed over "
               f"{suggestion} micro-batches per step)" if suggestion else
               "no --micro_batches splits it small enough; lower --batch_size or use more replicas")
+    pseudo = f" (+ {config.pseudo_batch_size} pseudo)" if config.pseudo_batch_size else ""
     raise ConfigError(
-        f"--batch_size={config.batch_size} (+ {config.pseudo_batch_size} pseudo) over {replicas} replicas is "
+        f"--batch_size={config.batch_size}{pseudo} over {replicas} replica(s) is "
         f"{images} images a replica, {micro} per micro-batch (--micro_batches={config.micro_batches}): "
         f"{config.model} at {config.model_config.train_image_size} px needs at least "
-        f"{needed / GIB:.1f} GiB a replica ({state / GIB:.2f} GiB of weights, gradients, momentum and EMA + "
+        f"{describe(needed)} a replica ({describe(state)} of weights, gradients, momentum and EMA + "
         f"{per_image / (1 << 20):.1f} MiB of convolution outputs an image), more than its "
-        f"{memory_bytes / GIB:.0f} GiB. At most {fits} images fit a micro-batch: {advice}. (A lower bound: "
+        f"{describe(memory_bytes)}. At most {fits} images fit a micro-batch: {advice}. (A lower bound: "
         "see student/device_memory.py.)")
 

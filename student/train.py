@@ -203,8 +203,8 @@ def _check_memory(config, strategy):
         return
     estimate = device_memory.check(config, strategy.num_replicas_in_sync, memory,
                                    models.create(config.model, config.num_classes))
-    print(f"memory per replica: at least {estimate['bytes'] / device_memory.GIB:.1f} of "
-          f"{memory / device_memory.GIB:.0f} GiB ({estimate['images_per_micro_batch']} images per micro-batch)",
+    print(f"memory per replica: at least {device_memory.describe(estimate['bytes'])} of "
+          f"{device_memory.describe(memory)} ({estimate['images_per_micro_batch']} images per micro-batch)",
           flush=True)
 
 

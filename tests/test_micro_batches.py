@@ -67,8 +67,10 @@ def test_a_batch_over_the_replica_memory_is_refused_naming_the_flag_and_a_micro_
     assert per_image > 32 * 32 * 3 * 4  # at least the first convolution's output is larger than the input
     # Room for the state and 70 images: 256 a step on one replica needs 4 passes of 64.
     memory = state + 70 * per_image
-    with pytest.raises(ConfigError, match=r"--batch_size=64 .* pass --micro_batches=4 "):
+    with pytest.raises(ConfigError, match=r"--batch_size=64 \(\+ 192 pseudo\) .* pass --micro_batches=4 ") as error:
         device_memory.check(config, 1, memory, model)
+    # Under a GiB the sizes read in MiB, not as "0 GiB".
+    assert f"more than its {memory / (1 << 20):.0f} MiB" in str(error.value)
     estimate = device_memory.check(TrainConfig(**{**config.__dict__, "micro_batches": 4}), 1, memory, model)
     assert estimate["images_per_micro_batch"] == 64 and estimate["bytes"] <= memory
     # Over 2 replicas each holds half: 2 passes of 64.

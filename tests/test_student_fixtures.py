@@ -57,13 +57,15 @@ def _floats(values):
 
 
 def write_labeled_tfrecords(pattern_prefix, num_classes=3, num_examples=12, num_shards=2, label_offset=0, seed=1,
-                            image_size=40):
+                            image_size=40, encoded_image=None):
+    """Writes sharded labeled TFRecords; `encoded_image(index, label, rng) -> bytes` replaces the class images."""
     rng = np.random.default_rng(seed)
+    encoded_image = encoded_image or (lambda index, label, rng: encode(class_image(label, num_classes, rng, image_size)))
     writers = [tf.io.TFRecordWriter(f"{pattern_prefix}-{shard:05d}-of-{num_shards:05d}") for shard in range(num_shards)]
     for index in range(num_examples):
         label = index % num_classes
         example = tf.train.Example(features=tf.train.Features(feature={
-            "image/encoded": _bytes([encode(class_image(label, num_classes, rng, image_size))]),
+            "image/encoded": _bytes([encoded_image(index, label, rng)]),
             "image/class/label": _ints([label + label_offset])}))
         writers[index % num_shards].write(example.SerializeToString())
     for writer in writers:
@@ -79,15 +81,18 @@ def teacher_distribution(label, num_classes, rng):
 
 
 def write_pseudo_labels(out_dir, num_classes=3, num_examples=24, top_k=2, num_shards=2, full_distribution=False,
-                        seed=2, manifest_overrides=None, write_manifest=True, image_size=40):
-    """Writes OUT_DIR as pipeline.label would; returns the train-*.tfrecord glob."""
+                        seed=2, manifest_overrides=None, write_manifest=True, image_size=40, encoded_image=None):
+    """Writes OUT_DIR as pipeline.label would; returns the train-*.tfrecord glob.
+
+    `encoded_image(index, label, rng) -> bytes` replaces the class images."""
     rng = np.random.default_rng(seed)
+    encoded_image = encoded_image or (lambda index, label, rng: encode(class_image(label, num_classes, rng, image_size)))
     tf.io.gfile.makedirs(out_dir)
     names = [f"train-{shard:05d}-of-{num_shards:05d}.tfrecord" for shard in range(num_shards)]
     writers = [tf.io.TFRecordWriter(os.path.join(out_dir, name)) for name in names]
     for index in range(num_examples):
         label = index % num_classes
-        image_bytes = encode(class_image(label, num_classes, rng, image_size))
+        image_bytes = encoded_image(index, label, rng)
         distribution = teacher_distribution(label, num_classes, rng)
         order = np.argsort(-distribution)[:top_k]
         feature = {
