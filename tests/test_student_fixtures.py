@@ -26,6 +26,11 @@ def class_image(label, num_classes, rng, size=40):
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def class_images(num_classes, image_size):
+    """encoded_image(index, label, rng) of the writers below: a JPEG of class_image."""
+    return lambda index, label, rng: encode(class_image(label, num_classes, rng, image_size))
+
+
 def encode(image, image_format="jpeg"):
     encoder = tf.io.encode_jpeg if image_format == "jpeg" else tf.io.encode_png
     return encoder(image).numpy()
@@ -60,7 +65,7 @@ def write_labeled_tfrecords(pattern_prefix, num_classes=3, num_examples=12, num_
                             image_size=40, encoded_image=None):
     """Writes sharded labeled TFRecords; `encoded_image(index, label, rng) -> bytes` replaces the class images."""
     rng = np.random.default_rng(seed)
-    encoded_image = encoded_image or (lambda index, label, rng: encode(class_image(label, num_classes, rng, image_size)))
+    encoded_image = encoded_image or class_images(num_classes, image_size)
     writers = [tf.io.TFRecordWriter(f"{pattern_prefix}-{shard:05d}-of-{num_shards:05d}") for shard in range(num_shards)]
     for index in range(num_examples):
         label = index % num_classes
@@ -86,7 +91,7 @@ def write_pseudo_labels(out_dir, num_classes=3, num_examples=24, top_k=2, num_sh
 
     `encoded_image(index, label, rng) -> bytes` replaces the class images."""
     rng = np.random.default_rng(seed)
-    encoded_image = encoded_image or (lambda index, label, rng: encode(class_image(label, num_classes, rng, image_size)))
+    encoded_image = encoded_image or class_images(num_classes, image_size)
     tf.io.gfile.makedirs(out_dir)
     names = [f"train-{shard:05d}-of-{num_shards:05d}.tfrecord" for shard in range(num_shards)]
     writers = [tf.io.TFRecordWriter(os.path.join(out_dir, name)) for name in names]
