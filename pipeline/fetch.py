@@ -12,6 +12,7 @@ The bytes must hash to the key the teacher labeled; an input changed or removed 
 
 import concurrent.futures
 import collections
+import os
 
 from pipeline import decode, records, sources
 from pipeline.file_reads import InputRejected, is_local, open_local, open_uri, read_file
@@ -89,10 +90,23 @@ def stored_image(prediction, source, max_pixels, max_side, memory=None, thumbnai
     return small if thumbnail else stored
 
 
-def parallel_reads(source, threads):
-    """`threads`, or 0 for TFDS input: its builders are not documented as safe to share across
-    threads (tfds.testing.mock_data's patched file system, for one, works in one thread only)."""
-    return 0 if source.input_format == "tfds" else threads
+REMOTE_FETCH_THREADS = 16
+
+
+def parallel_reads(source, threads, uri):
+    """Reads in flight for one writer whose inputs look like `uri`: `threads` (--fetch_threads)
+    when set; else (0, the default) REMOTE_FETCH_THREADS for an object store, where each read
+    waits tens of ms on the network, and one per core for local files, which the page cache
+    serves in microseconds, so that more threads only take turns at the GIL (measured on a
+    2-core AMD EPYC Zen 3, stage 2 over 25,000 local 24 px PNGs: 62 CPU s with 16 threads,
+    49 CPU s with 2, and less wall time). 0 for TFDS input: its builders are not documented as
+    safe to share across threads (tfds.testing.mock_data's patched file system, for one, works
+    in one thread only)."""
+    if source.input_format == "tfds":
+        return 0
+    if threads:
+        return threads
+    return (os.cpu_count() or 1) if is_local(uri) else REMOTE_FETCH_THREADS
 
 
 def fetched_in_order(items, fetch, threads, ahead):

@@ -69,7 +69,7 @@ class LabelSettings:
     images_per_prediction_shard: int = 10_000
     decode_threads: int = 0  # 0: from the cores and processes of the worker (pipeline/workers.py)
     read_threads: int = 64
-    fetch_threads: int = 16
+    fetch_threads: int = 0  # 0: 16 for an object store, the cores for local files (fetch.parallel_reads)
     target_shard_mb: int = 256
     max_side: int = 0
     max_pixels: int = 100_000_000
@@ -129,7 +129,8 @@ def define_flags():
                          "in stage 1, which reads ahead of decoding (stage 2: --fetch_threads per shard writer).",
                          **f)
     flags.DEFINE_integer("fetch_threads", defaults.fetch_threads, "Parallel reads per train shard writer, which "
-                         "fetches the selected images' bytes.", **f)
+                         "fetches the selected images' bytes (0: 16 for gs:// and other remote inputs, one per core "
+                         "for local files).", **f)
     flags.DEFINE_integer("target_shard_mb", defaults.target_shard_mb, "train-* shard size the shard count aims "
                          "at (selected input bytes, copies included), unless --num_shards is set.", **f)
     flags.DEFINE_enum("input_format", "auto", sources.INPUT_FORMATS, "Kind of --input; auto guesses.", **f)
@@ -321,7 +322,7 @@ def validate_selection(settings):
         (s.num_shards >= 0, "--num_shards must be >= 0 (0: from the data)"),
         (s.target_shard_mb >= 1, "--target_shard_mb must be >= 1"),
         (s.rejected_shards >= 0, "--rejected_shards must be >= 0 (0: from the volume)"),
-        (s.fetch_threads >= 1, "--fetch_threads must be >= 1"),
+        (s.fetch_threads >= 0, "--fetch_threads must be >= 0 (0: from where the inputs are)"),
         (s.thumbnails_per_class >= 0, "--thumbnails_per_class must be >= 0"),
         (s.progress_every_s >= 0, f"--progress_every_s={s.progress_every_s} must be >= 0 (0: no progress)"),
     ])

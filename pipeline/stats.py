@@ -67,10 +67,7 @@ class _AddThumbnails(beam.DoFn):
     longer be fetched keeps an empty thumbnail (the report shows its URI without a picture)."""
 
     def __init__(self, source, max_pixels, threads):
-        from pipeline import fetch
-
-        self._source, self._max_pixels = source, max_pixels
-        self._threads = fetch.parallel_reads(source, threads)
+        self._source, self._max_pixels, self._threads = source, max_pixels, threads
 
     def process(self, by_class):
         from pipeline import fetch
@@ -84,7 +81,8 @@ class _AddThumbnails(beam.DoFn):
             return fetch.stored_image(entry, self._source, self._max_pixels, 0, thumbnail=True)
 
         result = {label: [] for label in by_class}
-        for (label, row), small in fetch.fetched_in_order(rows, thumbnail, self._threads, 4 * self._threads):
+        threads = fetch.parallel_reads(self._source, self._threads, rows[0][1][2] if rows else "")
+        for (label, row), small in fetch.fetched_in_order(rows, thumbnail, threads, 4 * threads):
             encoded = "" if isinstance(small, fetch.FetchFailed) else base64.b64encode(small).decode()
             result[label].append((*row, encoded))
         yield result

@@ -24,7 +24,7 @@ import threading
 from apache_beam.metrics import Metrics
 
 # Reads in flight per process: stage 1 keeps --read_threads (default 64) reads going, and
-# stage 2's shard writers and thumbnails --fetch_threads (16) each; a pool this size lets every
+# stage 2's shard writers and thumbnails --fetch_threads (16 for gs://) each; a pool this size lets every
 # one of them keep its connection between reads instead of opening (and, past the pool's size,
 # discarding) one per read, which with TLS costs more than reading a small image.
 POOL_SIZE = 128

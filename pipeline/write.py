@@ -181,7 +181,7 @@ class _WriteTrainShard(beam.DoFn):
     def __init__(self, directory, source, max_pixels, max_side, decode_memory_mb, threads):
         self._directory, self._source = directory, source
         self._max_pixels, self._max_side, self._decode_memory_mb = max_pixels, max_side, decode_memory_mb
-        self._threads = fetch.parallel_reads(source, threads)
+        self._threads = threads
         self._shared_memory = shared.Shared()
         self._written = beam.metrics.Metrics.counter("WriteRecords", "train_written")
         self._fetched = beam.metrics.Metrics.counter("WriteRecords", "images_fetched")
@@ -202,9 +202,11 @@ class _WriteTrainShard(beam.DoFn):
                 FileSystems.join(self._directory, name), mime_type="application/octet-stream") as handle:
             positions, copy_indices = images.record_order()
             # Each image is fetched once, ahead of its first record, in the order of those records.
+            uri = elements.unpack(images[0])[0].uri if len(images) else ""
+            threads = fetch.parallel_reads(self._source, self._threads, uri)
             fetched = fetch.fetched_in_order(
                 ((position, images[position]) for position in _first_records(positions, len(images))),
-                self._stored, self._threads, 2 * self._threads)
+                self._stored, threads, 2 * threads)
             done = array.array("I", bytes(4 * len(images)))  # copies written (or lost) so far, per image
             failed = {}  # image position -> why it could not be fetched, while copies of it remain
             count = 0
