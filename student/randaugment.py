@@ -11,7 +11,7 @@ re-implemented here with stateless randomness. Each of `num_layers` layers picks
   Invert        -                                            -         -
   Rotate        +-(m/10)*30 degrees, random sign             30        45
   Posterize     int((m/10)*4) bits kept                      4         6
-  Solarize      threshold int((m/10)*256)                    256 (id)  384 (id)
+  Solarize      threshold int((m/10)*256) mod 256 (uint8)    0 (all)   128
   Color         blend factor (m/10)*1.8 + 0.1                1.9       2.8
   Contrast      blend factor, as Color                       1.9       2.8
   Brightness    blend factor, as Color                       1.9       2.8
@@ -34,9 +34,10 @@ models:
   its loop applies the selected op through `tf.cond(tf.equal(i, op_to_select), ...)`, and
   `_parse_policy_info` forwards `prob` only to ops with a `prob` argument (none of these
   16). So the chosen op is always applied, and no probability is drawn here.
-- Solarize: the threshold int((m/10)*256) is 256 at m=10, above every pixel, so Solarize
-  is the identity at the paper's magnitudes (the quirk its models trained with). The
-  comparison is in int32: TF 2 would wrap a Python 256 compared with a uint8 tensor to 0.
+- Solarize: the threshold int((m/10)*256) is 256 at m=10 and 384 at m=15, but the
+  reference compares it with the uint8 image, so it becomes a uint8 constant and wraps
+  to 0 and 128: at m=10 every pixel is inverted, at m=15 Solarize thresholds at 128 as
+  at m=5 (run in tf.compat.v1 graph mode; tests/fixtures/randaugment_golden.md).
 - Contrast: the reference's "mean" is `reduce_sum(histogram) / 256`, the pixel count over
   256, not the mean grey level (196 at 224 px, 100 at 160 px, clipped to 255 above 256 px).
 Deviation: randomness (op choice, sign, cutout centre) comes from stateless ops on the
@@ -153,13 +154,14 @@ def posterize(image, bits):
 
 
 def solarize(image, threshold):
-    """Inverts values >= threshold; at magnitude >= 10 the threshold is >= 256: the identity.
+    """Inverts values >= threshold taken modulo 256: 256 (m=10) inverts all, 384 (m=15) is 128.
 
-    That is the reference's arithmetic (int((m/10)*256) compared with 0..255 pixels) and
-    the quirk the paper trained with. TF 2 would wrap a Python 256 to a uint8 0 (inverting
-    everything) if compared with the uint8 image directly, so the comparison is in int32.
+    The reference writes `image < threshold` on the uint8 image with a Python int; TF
+    converts the int to a uint8 constant, wrapping it (make_tensor_proto casts with numpy's
+    astype; TF 1 with numpy 1 wrapped too, not run here). Wrapped explicitly here so the
+    result does not depend on how a TF version converts out-of-range constants.
     """
-    return tf.where(tf.cast(image, tf.int32) < threshold, image, 255 - image)
+    return tf.where(image < tf.constant(threshold % 256, tf.uint8), image, 255 - image)
 
 
 def solarize_add(image, addition, threshold=SOLARIZE_ADD_THRESHOLD):
