@@ -7,7 +7,7 @@ written next to the outputs in `model_dir/config.json`.
 
 Paper recipe (Bello et al. 2021, Appendix; TPU reference resnet_rs configs):
   SGD momentum 0.9, peak LR 0.1 * labeled_batch / 256 after a 5-epoch linear warm-up,
-  cosine decay to 0, weight decay 4e-5 (not on BN or biases), label smoothing 0.1,
+  cosine decay to 0, weight decay 4e-5 (not on BatchNorm), label smoothing 0.1,
   EMA 0.9999, 350 epochs, global batch 4096. Noisy Student mixing: 3 pseudo-labeled
   images per labeled image, soft targets (teacher temperature 1).
 """

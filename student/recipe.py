@@ -8,9 +8,10 @@ num_updates warm-up in Keras; trainable weights only).
 import keras
 import tensorflow as tf
 
-# Variables the reference leaves out of weight decay: BatchNorm scale/offset and biases
-# (matched against Keras variable names: "gamma", "beta", "bias").
-NO_WEIGHT_DECAY = ("gamma", "beta", "bias")
+# Variables the reference leaves out of weight decay: BatchNorm's scale and offset only
+# (tensorflow/tpu resnet_main.py: every trainable variable whose name lacks
+# "batch_normalization", so biases are decayed). Matched against Keras variable names.
+NO_WEIGHT_DECAY = ("gamma", "beta")
 
 
 def learning_rate_schedule(config):
@@ -38,7 +39,8 @@ def decoupled_weight_decay(config):
 
 
 def make_optimizer(config):
-    """SGD with momentum, decoupled weight decay (not on BN/bias) and an EMA of the weights.
+    """SGD with Nesterov momentum (as the reference's MomentumOptimizer(use_nesterov=True)),
+    decoupled weight decay (not on BatchNorm) and an EMA of the weights.
 
     EMA: Keras keeps `ema = ema * m + w * (1 - m)` for trainable variables, starting at
     the first step's weights. The reference's tf.train.ExponentialMovingAverage uses
@@ -48,7 +50,7 @@ def make_optimizer(config):
     a few ten thousand steps (of ~110k in a 350-epoch ImageNet run at batch 4096).
     """
     optimizer = keras.optimizers.SGD(
-        learning_rate=learning_rate_schedule(config), momentum=config.momentum, nesterov=False,
+        learning_rate=learning_rate_schedule(config), momentum=config.momentum, nesterov=True,
         weight_decay=decoupled_weight_decay(config), use_ema=config.ema_decay > 0,
         ema_momentum=config.ema_decay or 0.99, ema_overwrite_frequency=None)
     if config.weight_decay:

@@ -63,7 +63,7 @@ _HELP = {
     "warmup_epochs": "Linear learning-rate warm-up.",
     "base_learning_rate": "Peak learning rate per 256 labeled images (scaled with --batch_size).",
     "momentum": "SGD momentum.",
-    "weight_decay": "The paper's L2 coefficient (not on BN or biases); see student/recipe.py.",
+    "weight_decay": "The paper's L2 coefficient (not on BatchNorm); see student/recipe.py.",
     "label_smoothing": "Label smoothing of the labeled loss.",
     "ema_decay": "Decay of the weight EMA used for eval and export; 0 turns the EMA off.",
     "randaugment_magnitude": "Override of the model size's RandAugment magnitude (paper scale, 10 or 15).",

@@ -56,7 +56,9 @@ def test_schedule_warms_up_linearly_then_decays_as_a_cosine():
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
 
 
-def test_weight_decay_skips_batch_norm_and_biases_and_matches_the_reference_l2_under_momentum():
+def test_weight_decay_skips_batch_norm_only_and_matches_the_reference_l2_under_momentum():
+    # The reference (tensorflow/tpu resnet_main.py) decays every trainable variable whose
+    # name lacks "batch_normalization": kernels and biases, not BN's scale and offset.
     config = TrainConfig(model="resnet_rs_tiny", labeled="x", model_dir="y", batch_size=256, labeled_examples=256,
                          train_steps=10, warmup_epochs=0, ema_decay=0.0)
     assert recipe.decoupled_weight_decay(config) == pytest.approx(4e-5 / 0.1)
@@ -64,19 +66,40 @@ def test_weight_decay_skips_batch_norm_and_biases_and_matches_the_reference_l2_u
     outputs = keras.layers.BatchNormalization()(keras.layers.Dense(2)(inputs))
     model = keras.Model(inputs, outputs)
     optimizer = recipe.make_optimizer(config)
-    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
     model.layers[1].bias.assign([1.0, 1.0])
-    before[model.layers[1].bias.path] = np.ones(2, np.float32)
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
     optimizer.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
     learning_rate = 0.1  # peak at batch 256, cosine at step 0
+    decayed = set()
     for variable in model.trainable_variables:
         name = variable.path.split("/")[-1]
-        if name == "kernel":
+        if name in ("kernel", "bias"):
             np.testing.assert_allclose(variable.numpy(), before[variable.path] * (1 - learning_rate * 4e-4),
                                        rtol=1e-6)
+            decayed.add(name)
         else:
             assert name in recipe.NO_WEIGHT_DECAY
             np.testing.assert_array_equal(variable.numpy(), before[variable.path])
+    assert decayed == {"kernel", "bias"}
+
+
+def test_momentum_is_nesterovs_as_in_the_reference():
+    # tf.train.MomentumOptimizer(use_nesterov=True): accumulation a = m * a + g, then
+    # w -= lr * (g + m * a). Keras' SGD(nesterov=True) with velocity v = m * v - lr * g and
+    # w += m * v - lr * g is the same update for a constant learning rate (here it moves by
+    # 2.5e-6 of itself between the two steps: far inside the tolerance).
+    config = TrainConfig(model="resnet_rs_tiny", labeled="x", model_dir="y", batch_size=256, labeled_examples=256,
+                         train_steps=1000, warmup_epochs=0, ema_decay=0.0, weight_decay=0.0)
+    variable = tf.Variable([1.0, -2.0])
+    optimizer = recipe.make_optimizer(config)
+    gradients = [np.array([0.5, 0.25], np.float32), np.array([-1.0, 2.0], np.float32)]
+    weights, accumulation = np.array([1.0, -2.0]), np.zeros(2)
+    for step, gradient in enumerate(gradients):
+        learning_rate = float(recipe.learning_rate_schedule(config)(step))
+        accumulation = 0.9 * accumulation + gradient
+        weights = weights - learning_rate * (gradient + 0.9 * accumulation)
+        optimizer.apply_gradients([(tf.constant(gradient), variable)])
+    np.testing.assert_allclose(variable.numpy(), weights, rtol=1e-5)
 
 
 def test_pseudo_loss_weighs_every_image_like_a_labeled_one_and_smooths_hard_labels():
