@@ -137,6 +137,10 @@ def _require(condition, flag, message):
         raise ConfigError(f"--{flag}: {message}")
 
 
+# Flags that only apply with --pseudo: a supervised run leaves them at their defaults.
+PSEUDO_ONLY = ("pseudo_ratio", "hard_pseudo_labels", "pseudo_loss_weight", "pseudo_run_id")
+
+
 def validate(config):
     """Checks every flag that can be checked without reading data; raises ConfigError."""
     _require(config.model in models.CONFIGS, "model", f"{config.model!r} is not one of {sorted(models.CONFIGS)}.")
@@ -145,11 +149,10 @@ def validate(config):
     _require(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}.")
     _require(config.pseudo_ratio >= 1, "pseudo_ratio", f"must be a positive integer, got {config.pseudo_ratio}.")
     if not config.pseudo:
-        for flag, value, default in [("pseudo_ratio", config.pseudo_ratio, 3),
-                                     ("hard_pseudo_labels", config.hard_pseudo_labels, False),
-                                     ("pseudo_loss_weight", config.pseudo_loss_weight, 1.0),
-                                     ("pseudo_run_id", config.pseudo_run_id, None)]:
-            _require(value == default, flag, "only applies with --pseudo (pseudo-labeled TFRecords).")
+        defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+        for flag in PSEUDO_ONLY:
+            _require(getattr(config, flag) == defaults[flag], flag,
+                     "only applies with --pseudo (pseudo-labeled TFRecords).")
     _require(config.pseudo_loss_weight >= 0, "pseudo_loss_weight", "must be >= 0.")
     _require(config.epochs > 0, "epochs", f"must be positive, got {config.epochs}.")
     _require(config.train_steps is None or config.train_steps > 0, "train_steps", "must be positive.")

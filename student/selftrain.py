@@ -1,7 +1,7 @@
 r"""The whole self-training loop in one command: teacher -> label -> report -> student, N rounds.
 
   python -m student.selftrain --labeled=DIR|tfds:NAME --unlabeled=GLOB|LIST_FILE --rounds=3 \
-      --workdir=DIR [--model=resnet_rs_50] [--student_model=resnet_rs_101] [--teacher=DIR] \
+      --workdir=DIR [--model=resnet_rs_50] [--student_model=resnet_rs_101] [--teacher=DIR] [--control] \
       [--eval=SOURCE] [--holdout=SOURCE] [--train_flags='--batch_size=4096 --strategy=tpu ...'] \
       [--teacher_train_flags='...'] [--student_train_flags='...'] [--label_flags='--per_class=130000 ...'] \
       [--report_flags='...'] [--overwrite] [--tf_logs]
@@ -11,9 +11,13 @@ names one (a teacher directory, or a student.train --model_dir). Round r then ru
   pipeline.label   the current teacher labels --unlabeled            -> WORKDIR/roundR/labels
   pipeline.report  their confidence report (text, and HTML; --holdout) -> WORKDIR/roundR/report.html
   student.train    student R on labeled + pseudo-labeled batches       -> WORKDIR/roundR/student
-and student R is round R+1's teacher. Every step is its product's own entry point, run as a
-separate process and printed first, so each can be rerun by hand; its output (and stderr)
-also goes to WORKDIR/logs/STEP.log. At the end a table (eval top-1 and error of every model,
+and student R is round R+1's teacher. With --control, round 0 also trains the control: the
+students' model with the students' flags (schedule, noise) on --labeled alone, in
+WORKDIR/control; the students' gain is their error against its error. It reads no other
+step's output, so --control added to a finished loop trains the control alone.
+
+Every step is its product's own entry point, run as a separate process and printed first, so
+each can be rerun by hand; its output (and stderr) also goes to WORKDIR/logs/STEP.log. At the end a table (eval top-1 and error of every model,
 and the pseudo-labels each student trained on) is printed and written to WORKDIR/summary.json.
 
 Flags for the steps: --train_flags go to every student.train run, then --teacher_train_flags
@@ -70,6 +74,7 @@ class LoopSettings:
     model: str = "resnet_rs_50"
     student_model: str = None  # None: --model
     teacher: str = None  # None: round 0 trains one
+    control: bool = False  # also train the students' model, schedule and noise on --labeled alone
     eval: str = None
     holdout: str = None
     train_flags: tuple = ()
@@ -110,13 +115,16 @@ def define_flags():
     flags.DEFINE_string("student_model", None, "The students' model (default: --model).", **f)
     flags.DEFINE_string("teacher", None, "An existing teacher (teacher directory or student.train --model_dir): "
                         "skips round 0.", **f)
+    flags.DEFINE_bool("control", False, "Also train the control: the students' model with their flags "
+                      "(schedule, noise) on --labeled alone, in WORKDIR/control. The gain of self-training is "
+                      "the students' error against the control's, not against a teacher trained differently.", **f)
     for name, where in (("train_flags", "every student.train run"), ("teacher_train_flags", "the teacher's run"),
                         ("student_train_flags", "the students' runs"), ("label_flags", "pipeline.label"),
                         ("report_flags", "pipeline.report")):
         flags.DEFINE_string(name, None, f"Extra flags for {where}: '--FLAG=VALUE ...'.", **f)
     flags.DEFINE_string("workdir", None, "Local directory for every round's runs, labels, reports, logs, "
                         "selftrain.json and summary.json.", **f)
-    flags.DEFINE_bool("overwrite", False, "Discard the loop's runs in --workdir (teacher/, round*/, logs/, "
+    flags.DEFINE_bool("overwrite", False, "Discard the loop's runs in --workdir (teacher/, control/, round*/, logs/, "
                       "selftrain.json, summary.json) and start over.", **f)
     flags.DEFINE_bool(cli.TF_LOGS, False, cli.TF_LOGS_HELP + " Passed on to every step.", **f)
     return values
@@ -125,7 +133,7 @@ def define_flags():
 # --help's sections; a flag missing here is listed under "Other flags" (models/cli.py).
 GROUPS = (
     ("Data", ["labeled", "unlabeled", "eval", "holdout"]),
-    ("Models", ["rounds", "model", "student_model", "teacher"]),
+    ("Models", ["rounds", "model", "student_model", "teacher", "control"]),
     ("Steps' flags (each one quoted string, checked before the first step runs)", list(PASS_THROUGH)),
     ("Work directory", ["workdir", "overwrite"]),
     ("Runtime", [cli.TF_LOGS]),
@@ -208,7 +216,7 @@ def discard(workdir):
         return
     for name in sorted(os.listdir(workdir)):
         path = os.path.join(workdir, name)
-        if name in ("teacher", "logs") or re.fullmatch(r"round\d+", name):
+        if name in ("teacher", steps_lib.CONTROL_DIR, "logs") or re.fullmatch(r"round\d+", name):
             print(f"--overwrite: removing {path}", flush=True)
             shutil.rmtree(path)
         elif name in (SETTINGS_FILE, SUMMARY_FILE):
@@ -266,21 +274,26 @@ def run(settings):
     if settings.overwrite:
         discard(settings.workdir)
     finished = [step.finished() for step in plan]
-    first = next((index for index, evidence in enumerate(finished) if not evidence), len(plan))
+    # An independent step (the control) neither goes stale nor makes later steps stale: one
+    # added to a finished loop runs alone.
+    first = next((index for index, (step, evidence) in enumerate(zip(plan, finished))
+                  if not evidence and not step.independent), len(plan))
     for step in plan[first + 1:]:
-        if step.started():
+        if step.started() and not step.independent:
             raise UsageError(f"{step.outputs[0]} exists, but an earlier step ({plan[first].name}) is unfinished "
                                  f"and will run again, so {step.name} would be stale. Delete it (and every later "
                                  "round), or pass --overwrite to start over.")
     os.makedirs(settings.workdir, exist_ok=True)
     write_json(os.path.join(settings.workdir, SETTINGS_FILE),
                {"schema_version": SCHEMA_VERSION, "settings": settings.recorded(), "rounds": settings.rounds})
-    print(f"student.selftrain: {len(plan)} steps in {settings.workdir} ({first} finished earlier); step logs in "
+    done = sum(bool(evidence) and (index < first or step.independent)
+               for index, (step, evidence) in enumerate(zip(plan, finished)))
+    print(f"student.selftrain: {len(plan)} steps in {settings.workdir} ({done} finished earlier); step logs in "
           f"{os.path.join(settings.workdir, 'logs')}", flush=True)
     start = time.perf_counter()
     for index, step in enumerate(plan):
         print(f"\n== {step.title}", flush=True)
-        if index < first:
+        if finished[index] and (index < first or step.independent):
             print(f"   skip: finished earlier ({finished[index]})", flush=True)
             continue
         steps_lib.execute(step, os.path.join(settings.workdir, "logs", f"{step.name}.log"))

@@ -9,11 +9,12 @@ import subprocess
 import sys
 from typing import Callable
 
-from student.selftrain_flags import StepError, UsageError
+from student.selftrain_flags import StepError, UsageError, flag_name
 
 RESULTS_FILE = "eval_results.json"  # student.train writes it last, after teacher/
 TEACHER_FILE = "teacher.json"
 MANIFEST_FILE = "manifest.json"  # pipeline.label commits it last
+CONTROL_DIR = "control"
 ERROR_LINES = 40
 # The settings each kind of step reads (a changed one is refused once such a step started).
 TRAIN_USES = ("labeled", "eval", "train_flags")
@@ -21,6 +22,7 @@ USES = {"teacher": ("model", "teacher", "teacher_train_flags") + TRAIN_USES,
         "label": ("unlabeled", "label_flags", "teacher"),
         "report": ("holdout", "report_flags"),
         "student": ("model", "student_model", "student_train_flags") + TRAIN_USES}
+USES["control"] = USES["student"]
 
 
 @dataclasses.dataclass
@@ -33,6 +35,8 @@ class Step:
     done: Callable  # () -> a few words of evidence that the step finished, or None
     uses: tuple
     on_success: Callable = None  # (stdout) -> None, before the step is checked for completeness
+    # Reads no earlier step's output (the control): never stale, and may run after later steps.
+    independent: bool = False
 
     def finished(self):
         return self.done()
@@ -89,6 +93,13 @@ def plan(settings):
         steps.append(Step("teacher", "round 0: train the teacher on --labeled only (student.train without --pseudo)",
                           "student.train", _train_flags(s, s.model, run_dir, s.teacher_train_flags), [run_dir],
                           _training_done(run_dir), USES["teacher"]))
+    if s.control:
+        control_dir = os.path.join(workdir, CONTROL_DIR)
+        steps.append(Step("control", "round 0: train the control (the students' model, schedule and noise on "
+                          "--labeled only)", "student.train",
+                          _train_flags(s, s.student_model or s.model, control_dir,
+                                       _supervised(s.student_train_flags)),
+                          [control_dir], _training_done(control_dir), USES["control"], independent=True))
     for index in range(1, s.rounds + 1):
         round_dir = os.path.join(workdir, f"round{index}")
         labels = os.path.join(round_dir, "labels")
@@ -118,6 +129,15 @@ def plan(settings):
             [student_dir], _training_done(student_dir), USES["student"]))
         teacher_dir = os.path.join(student_dir, "teacher")
     return steps
+
+
+def _supervised(role_flags):
+    """The students' flags without those that only apply with --pseudo (student.train refuses
+    them without it): the control trains as the students do, on the labeled data alone."""
+    from student.config import PSEUDO_ONLY
+
+    return tuple(flag for flag in role_flags
+                 if flag_name(flag) not in PSEUDO_ONLY and flag_name(flag)[2:] not in PSEUDO_ONLY)
 
 
 def _write_text(path, text):
@@ -213,6 +233,10 @@ def summarize(settings):
     else:
         run_dir = os.path.join(workdir, "teacher")
         rows = [row("teacher", settings.model, run_dir, os.path.join(run_dir, "teacher"))]
+    if settings.control:
+        control_dir = os.path.join(workdir, CONTROL_DIR)
+        rows.append(row("control", settings.student_model or settings.model, control_dir,
+                        os.path.join(control_dir, "teacher")))
     for index in range(1, settings.rounds + 1):
         round_dir = os.path.join(workdir, f"round{index}")
         rows.append(row(f"student {index}", settings.student_model or settings.model,

@@ -22,12 +22,14 @@ def test_demo_runs_the_whole_self_training_loop(tmp_path):
     for step in ("python -m student.selftrain", "python -m student.train", "python -m pipeline.label",
                  "python -m pipeline.report"):
         assert step in output
-    assert "teacher (labeled only)" in output and "student 1" in output and "correct of" in output
+    assert "teacher (labeled only)" in output and "control (labeled only)" in output and "student 1" in output
+    assert "correct of" in output and "x the control's" in output
     workdir = tmp_path / "demo"
     assert (workdir / "round1" / "report.html").stat().st_size > 10_000
     assert (workdir / "round1" / "student" / "teacher" / "teacher.json").exists()
     summary = json.loads((workdir / "summary.json").read_text())
-    assert [row["name"] for row in summary["rows"]] == ["teacher", "student 1"]
+    assert [row["name"] for row in summary["rows"]] == ["teacher", "control", "student 1"]
+    assert (workdir / "control" / "eval_results.json").exists()
 
 
 def test_the_demo_gives_every_step_the_recipes_flags():
@@ -43,6 +45,10 @@ def test_the_demo_gives_every_step_the_recipes_flags():
     assert sorted(flags["teacher"]) == sorted(shared + [
         "--model_dir=/w/teacher", "--train_steps=800", "--checkpoint_every=800", "--log_every=200",
         "--randaugment_magnitude=5"])
+    # The control: the students' schedule and noise, no pseudo-labels (nor their flags).
+    assert sorted(flags["control"]) == sorted(shared + [
+        "--model_dir=/w/control", "--train_steps=1600", "--checkpoint_every=1600", "--log_every=400",
+        "--randaugment_magnitude=10"])
     for round_index, teacher in ((1, "/w/teacher/teacher"), (2, "/w/round1/student/teacher")):
         assert sorted(flags[f"round{round_index}-student"]) == sorted(shared + [
             f"--model_dir=/w/round{round_index}/student", "--train_steps=1600", "--checkpoint_every=1600",

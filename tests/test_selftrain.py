@@ -238,7 +238,7 @@ def test_a_failing_step_stops_the_loop_with_its_own_error_and_log(data, tmp_path
 
 
 def test_overwrite_discards_only_what_the_loop_wrote(tmp_path):
-    for name in ("teacher", "round1", "round12", "logs", "data", "roundabout"):
+    for name in ("teacher", "control", "round1", "round12", "logs", "data", "roundabout"):
         (tmp_path / name).mkdir()
     for name in ("selftrain.json", "summary.json", "notes.txt"):
         (tmp_path / name).write_text("{}")
@@ -260,3 +260,30 @@ def test_flags_every_step_takes_pass_the_loops_checks(data, tmp_path):
         label_flags=FAST_LABEL + " --tf_logs --direct_num_workers=2 --dedup", report_flags="--holdout_limit=5"))
     settings = settings.normalized()
     selftrain.preflight(settings, selftrain_steps.plan(settings))
+
+
+def test_the_control_trains_the_students_flags_on_labeled_data_alone(data, tmp_path):
+    settings = selftrain.parse_args(loop_argv(data, tmp_path / "work", 2, control="true",
+                                              student_train_flags="--pseudo_ratio=1 --nohard_pseudo_labels "
+                                                                  "--randaugment_magnitude=7")).normalized()
+    plan = {step.name: step for step in selftrain_steps.plan(settings)}
+    assert list(plan)[:2] == ["teacher", "control"] and plan["control"].independent
+    control, student = plan["control"].flags, plan["round1-student"].flags
+    assert f"--model_dir={tmp_path}/work/control" in control and "--randaugment_magnitude=7" in control
+    assert not any(flag.startswith(("--pseudo", "--nohard_pseudo", "--hard_pseudo")) for flag in control)
+    assert sorted(set(student) - set(control)) == sorted(
+        ["--pseudo_ratio=1", "--nohard_pseudo_labels", f"--model_dir={tmp_path}/work/round1/student",
+         f"--pseudo={tmp_path}/work/round1/labels/train-*.tfrecord"])
+    selftrain.preflight(settings, list(plan.values()))  # student.train would accept the control's flags
+
+
+def test_control_added_to_a_finished_loop_trains_the_control_alone(loop, data):
+    code, output, errors = run_loop(loop_argv(data, loop["workdir"], 2, control="true"))
+    assert code == 0, output[-3000:] + errors[-3000:]
+    (module, arguments), = commands(output)
+    assert module == "student.train" and f"--model_dir={loop['workdir']}/control " in arguments
+    assert "--pseudo" not in arguments and output.count("skip: finished earlier") == 7
+    summary = json.loads((loop["workdir"] / "summary.json").read_text())
+    assert [row["name"] for row in summary["rows"]] == ["teacher", "control", "student 1", "student 2"]
+    assert 0 <= summary["rows"][1]["top_1"] <= 1
+    assert re.search(r"^control\s+resnet_rs_tiny\s+[01]\.\d{4}", output, re.MULTILINE)
