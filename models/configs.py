@@ -15,11 +15,12 @@ import dataclasses
 IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
-# Keras' optimizer EMA averages trainable weights only. The TPU reference trains with
-# BN momentum 0 and puts the moving statistics under its weight EMA (get_ema_vars), so
-# the averaged statistics come from the EMA. Under Keras, momentum 0 would leave the
-# statistics of the last batch alone; 0.9 (the reference's default MOVING_AVERAGE_DECAY
-# for ResNets trained without EMA) keeps them a moving average by themselves.
+# The TPU reference trains with BN momentum 0 and puts the moving statistics under its
+# weight EMA (get_ema_vars), so the averaged statistics come from the EMA. The student
+# trainer does the same (REFERENCE_BN_MOMENTUM whenever its EMA is on; student/recipe.py
+# WeightAverage). The default stays 0.9 (the reference's default MOVING_AVERAGE_DECAY for
+# ResNets trained without EMA) for a model trained without such an EMA, where momentum 0
+# would leave the statistics of the last batch alone.
 # The reference's eval crop pads by 32 px at every size (0.83 of the side at 160 px).
 REFERENCE_CROP_PADDING = 32
 # Small members keep the reference's crop fraction at 224 px, 224 / (224 + 32) = 0.875,

@@ -1,8 +1,9 @@
-"""The paper's optimisation recipe from Keras pieces: schedule, optimizer, losses.
+"""The paper's optimisation recipe from Keras pieces: schedule, optimizer, EMA, losses.
 
 Where Keras differs from the TPU reference, the mapping is explained next to the code:
-weight decay (decoupled in Keras, an L2 loss term in the reference) and EMA (no
-num_updates warm-up in Keras; trainable weights only).
+weight decay (decoupled in Keras, an L2 loss term in the reference). The EMA is the
+reference's (tf.train.ExponentialMovingAverage with num_updates over the trainable
+weights and the BatchNorm moving statistics, BN momentum 0): `WeightAverage`.
 """
 
 import keras
@@ -39,23 +40,70 @@ def decoupled_weight_decay(config):
 
 
 def make_optimizer(config):
-    """SGD with Nesterov momentum (as the reference's MomentumOptimizer(use_nesterov=True)),
-    decoupled weight decay (not on BatchNorm) and an EMA of the weights.
+    """SGD with Nesterov momentum (as the reference's MomentumOptimizer(use_nesterov=True))
+    and decoupled weight decay (not on BatchNorm).
 
-    EMA: Keras keeps `ema = ema * m + w * (1 - m)` for trainable variables, starting at
-    the first step's weights. The reference's tf.train.ExponentialMovingAverage uses
-    min(decay, (1 + step) / (10 + step)) early on and also averages the BatchNorm
-    statistics; here the statistics are a moving average of their own (BN momentum 0.9,
-    see models/configs.py), and with decay 0.9999 the first weights stop mattering after
-    a few ten thousand steps (of ~110k in a 350-epoch ImageNet run at batch 4096).
+    Keras' own optimizer EMA (`use_ema`) stays off: it averages trainable weights only and
+    has no num_updates warm-up, so the reference's EMA is `WeightAverage`, which the
+    trainer updates after every optimizer step.
     """
     optimizer = keras.optimizers.SGD(
         learning_rate=learning_rate_schedule(config), momentum=config.momentum, nesterov=True,
-        weight_decay=decoupled_weight_decay(config), use_ema=config.ema_decay > 0,
-        ema_momentum=config.ema_decay or 0.99, ema_overwrite_frequency=None)
+        weight_decay=decoupled_weight_decay(config), use_ema=False)
     if config.weight_decay:
         optimizer.exclude_from_weight_decay(var_names=list(NO_WEIGHT_DECAY))
     return optimizer
+
+
+def averaged_variables(model):
+    """What the reference's get_ema_vars averages: the trainable variables and every
+    BatchNorm moving mean and variance (matched by name, as the reference does)."""
+    statistics = [variable for variable in model.non_trainable_variables
+                  if variable.name in ("moving_mean", "moving_variance")]
+    return [variable for variable in model.trainable_variables + statistics if variable.dtype.startswith("float")]
+
+
+class WeightAverage(tf.Module):
+    """tf.train.ExponentialMovingAverage(decay, num_updates=step) as the reference applies it.
+
+    After each optimizer step, every averaged variable's shadow moves as
+    `shadow -= (shadow - value) * (1 - d)` with d = min(decay, (1 + n) / (10 + n)) and n
+    the optimizer's step count after the update (the reference's ema.apply runs after
+    minimize incremented global_step). Shadows start at the variables' initial values.
+
+    Why not tf.train.ExponentialMovingAverage itself: in replica context its apply goes
+    through assign_moving_average's merge_call, which MEAN-reduces every averaged variable
+    across replicas each step (a second all-reduce of the whole model, one merge_call per
+    variable), and in cross-replica context its apply fails on MirroredVariables
+    (TypeError in TF 2.21). Here each replica updates its own copy of a shadow from its
+    own copy of the variable, with no communication: the trainable weights are the same
+    on every replica, so their shadows are too; BatchNorm statistics are per replica
+    (as the moving statistics themselves), and a checkpoint holds the first replica's.
+    Create it under the strategy's scope; call `update` in replica context.
+    """
+
+    def __init__(self, variables, decay, step):
+        super().__init__(name="weight_average")
+        self.decay = float(decay)
+        self._step = step
+        self.sources = list(variables)
+        # aggregation NONE: an assign in replica context writes that replica's copy only.
+        self.shadows = [tf.Variable(variable.value.read_value(), trainable=False, name=variable.name + "_average",
+                                    aggregation=tf.VariableAggregation.NONE) for variable in self.sources]
+
+    def current_decay(self):
+        n = tf.cast(self._step, tf.float32)
+        return tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
+
+    def update(self):
+        rate = 1.0 - self.current_decay()
+        for shadow, variable in zip(self.shadows, self.sources):
+            shadow.assign_sub((shadow - variable.value) * tf.cast(rate, shadow.dtype))
+
+    def swap_in(self, strategy):
+        """Loads every replica's shadows into its copies of the variables (cross-replica context)."""
+        for variable, shadow in zip(self.sources, self.shadows):
+            strategy.extended.update(variable.value, lambda copy, average: copy.assign(average), args=(shadow,))
 
 
 def labeled_loss(labels, logits, num_classes, label_smoothing, global_batch_size):

@@ -65,7 +65,8 @@ _HELP = {
     "momentum": "SGD momentum.",
     "weight_decay": "The paper's L2 coefficient (not on BatchNorm); see student/recipe.py.",
     "label_smoothing": "Label smoothing of the labeled loss.",
-    "ema_decay": "Decay of the weight EMA used for eval and export; 0 turns the EMA off.",
+    "ema_decay": "Decay of the EMA of the weights and BatchNorm statistics (BN momentum 0, as the reference) used "
+                 "for eval and export; 0 turns the EMA off (BN momentum 0.9 then).",
     "randaugment_magnitude": "Override of the model size's RandAugment magnitude (paper scale, 10 or 15).",
     "randaugment_layers": "Override of the number of RandAugment ops per image (0 turns it off).",
     "crop_min_area": "Smallest area fraction of the Inception-style random crop (paper: 0.08).",

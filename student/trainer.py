@@ -2,9 +2,9 @@
 
 One `Trainer` per run. Its step is written once for every strategy: the per-replica
 forward/backward pass is one compiled function (XLA or TF graph: `jit_compile`, measured
-per machine by default, see models/hardware.py), the optimizer update
-(gradient all-reduce, EMA) runs after it under the strategy, and `steps_per_execution`
-steps run inside one `tf.function` loop so a TPU host dispatches rarely.
+per machine by default, see models/hardware.py), the optimizer update (gradient
+all-reduce) and the EMA (student/recipe.py WeightAverage) run after it under the strategy,
+and `steps_per_execution` steps run inside one `tf.function` loop so a TPU host dispatches rarely.
 
 Images arrive as pixels (uint8 for training, float32 for eval; student/inputs.py) and the
 compiled step normalises them first: the host pipeline and the host-to-device feed carry a
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 import models
-from models import hardware, noise, preprocessing
+from models import configs, hardware, noise, preprocessing
 from student import recipe
 from teacher import devices
 
@@ -62,10 +62,15 @@ class Trainer:
             # replica_noise: each replica draws its own dropout and stochastic-depth masks from
             # the mirrored seed state and its replica id (models/noise.py); stock Keras dropout
             # would give image i of every replica the same mask.
+            # Under the EMA, BatchNorm trains with the reference's momentum 0: its moving statistics are
+            # each step's batch statistics, and the EMA of those is what eval and export use.
+            bn = {"bn_momentum": configs.REFERENCE_BN_MOMENTUM} if config.ema_decay > 0 else {}
             self.model = models.create(config.model, config.num_classes, replica_noise=True, dtype_policy=
-                                       "mixed_bfloat16" if config.precision == "bfloat16" else None)
+                                       "mixed_bfloat16" if config.precision == "bfloat16" else None, **bn)
             self.optimizer = recipe.make_optimizer(config)
             self.optimizer.build(self.model.trainable_variables)
+            self.average = recipe.WeightAverage(recipe.averaged_variables(self.model), config.ema_decay,
+                                                self.optimizer.iterations) if config.ema_decay > 0 else None
             # Each replica adds its step losses to its own copy (on its device); reading the
             # variable after a block sums the copies once: one cross-replica reduction per
             # block, not two per step. Not checkpointed: it is reset at every block.
@@ -76,9 +81,11 @@ class Trainer:
                                           synchronization=tf.VariableSynchronization.ON_READ,
                                           aggregation=tf.VariableAggregation.SUM)
         # Dropout/stochastic-depth randomness lives in Keras SeedGenerator variables, which a
-        # checkpoint of the model alone does not track; saving them makes resumption exact.
+        # checkpoint of the model alone does not track; saving them makes resumption exact, as
+        # saving the EMA's shadow variables does.
+        averages = {"weight_average": self.average} if self.average is not None else {}
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              seed_states=noise.seed_states(self.model))
+                                              seed_states=noise.seed_states(self.model), **averages)
         # Every worker of a multi-worker job must save (the save is collective), but only the
         # chief's checkpoints are kept; the others write to a scratch directory of their own
         # (deleted by `close`) and all of them restore from the chief's.
@@ -208,6 +215,8 @@ class Trainer:
         # Under a strategy, Keras all-reduces (sums) the per-replica gradients here; the
         # losses were divided by the global batch, so the sum is the global mean.
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        if self.average is not None:
+            self.average.update()  # after the step, with its incremented count, as the reference's ema.apply
         self._loss_sums.assign_add(tf.stack([labeled_loss, pseudo_loss]))
 
     def _train_block_fn(self, iterator, num_steps):
@@ -240,17 +249,17 @@ class Trainer:
     def _eval_pass_fn(self, dataset, swap_in_ema):
         """(loss sum, top-1 count, top-5 count, examples) over `dataset`, reduced once at the end.
 
-        With `swap_in_ema`, the EMA values are swapped into the model for the pass and the
-        training values put back after it, all inside this function: each replica keeps its
-        copy of the training values on its own device (no trip through host memory; ~350 MB
-        for resnet_rs_152), and Keras' finalize_variable_values is the public way to load the EMA.
+        With `swap_in_ema`, the EMA values (weights and BatchNorm statistics) are swapped into
+        the model for the pass and the training values put back after it, all inside this
+        function: each replica keeps its copy of the training values on its own device (no trip
+        through host memory; ~350 MB for resnet_rs_152) and loads its own copy of the shadows.
         An error inside the pass leaves the EMA values in the model: nothing catches it, the run
         stops, and what it saved before (checkpoints) holds the training values.
         """
-        variables = self.model.trainable_variables
+        variables = self.average.sources if swap_in_ema else []
         if swap_in_ema:
             backup = self.strategy.run(lambda: [tf.identity(variable) for variable in variables])
-            self.optimizer.finalize_variable_values(variables)
+            self.average.swap_in(self.strategy)
         self._eval_sums.assign(tf.zeros([4]))
         for batch in dataset:
             self.strategy.run(self._eval_replica, args=(batch,))
@@ -262,22 +271,23 @@ class Trainer:
         return totals
 
     def evaluate(self, dataset, use_ema=True):
-        """top-1, top-5 and loss of the EMA weights (or the training weights: `use_ema=False`),
-        in inference mode, on a distributed eval dataset."""
-        swap = bool(use_ema and self.optimizer.use_ema)
+        """top-1, top-5 and loss of the EMA weights and BatchNorm statistics (or the training
+        values: `use_ema=False`), in inference mode, on a distributed eval dataset."""
+        swap = bool(use_ema and self.average is not None)
         loss, correct_1, correct_5, count = (float(value) for value in self._eval_pass(dataset, swap))
         count = max(count, 1.0)
         return {"top_1": correct_1 / count, "top_5": correct_5 / count, "loss": loss / count,
                 "examples": int(count)}
 
     def final_model(self):
-        """A float32 Keras model holding the EMA weights, built outside the strategy for saving.
+        """A float32 Keras model holding the EMA weights and BatchNorm statistics (the first
+        replica's), built outside the strategy for saving; the training model holds them too after.
 
         It has stock Keras dropout (no `replica_noise`), so the saved file needs only Keras;
         the two dropouts hold no weights and are the identity outside training.
         """
-        if self.optimizer.use_ema:
-            self.optimizer.finalize_variable_values(self.model.trainable_variables)
+        if self.average is not None:
+            self.average.swap_in(self.strategy)
         model = models.create(self.config.model, self.config.num_classes)
         model.set_weights([np.asarray(value) for value in self.model.get_weights()])
         return model

@@ -34,7 +34,7 @@ from student.config import TrainConfig
 config = TrainConfig(**json.loads(sys.argv[1]))
 trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy(),
                               inputs.InputBuilder(config, sources.open_source(config.labeled)))
-variables = list(trainer.model.variables) + list(trainer.optimizer.variables)
+variables = list(trainer.model.variables) + list(trainer.optimizer.variables) + trainer.average.shadows
 fill = tf.function(lambda step: [v.assign(tf.fill(v.shape, tf.cast(step, v.dtype))) for v in variables])
 step = trainer.restore()
 print("ready", flush=True)
@@ -111,7 +111,7 @@ def test_kills_at_random_moments_during_checkpoint_writes_resume_from_a_whole_ch
     config = TrainConfig(**{**flags, "model_dir": str(tmp_path / "resumed")})
     trainer = trainer_lib.Trainer(config, tf.distribute.get_strategy(),
                                   inputs.InputBuilder(config, student_sources.open_source(image_folder)))
-    variables = list(trainer.model.variables) + list(trainer.optimizer.variables)
+    variables = list(trainer.model.variables) + list(trainer.optimizer.variables) + trainer.average.shadows
 
     fill_all = tf.function(lambda step: [v.assign(tf.fill(v.shape, tf.cast(step, v.dtype))) for v in variables])
     all_equal = tf.function(lambda step: tf.reduce_all([tf.reduce_all(tf.equal(v, tf.cast(step, v.dtype)))
