@@ -19,7 +19,8 @@ def learning_rate_schedule(config):
     """Linear warm-up from 0 to the peak, then cosine decay to 0 at the last step.
 
     keras.optimizers.schedules.CosineDecay does both: `warmup_target` is the peak and
-    `decay_steps` counts the steps after warm-up, as in the reference.
+    `decay_steps` counts the steps after warm-up. Cosine is the paper's schedule; the
+    released reference (tensorflow/tpu resnet_main.py) decays in steps instead.
     """
     total, warmup = config.total_steps(), config.warmup_steps()
     return keras.optimizers.schedules.CosineDecay(
