@@ -16,9 +16,10 @@ first) chains the product's own entry points, each run as a user would:
 and prints test accuracy and error of teacher, control, student 1 and student 2, and the
 pseudo-labels' accuracy against the hidden labels. It fails unless student 1's test error is
 below the control's: the gain of self-training is measured against a supervised model of the
-student's own schedule and noise, not against a teacher trained half as long. --seed picks the split and every training seed. Every run's files
-stay under --workdir (the loop's layout: teacher/, round1/labels, round1/report.html,
-round1/student, ..., logs/, summary.json).
+student's own schedule and noise, not against a teacher trained half as long. --seed picks
+the split and every training seed. Every run's files stay under --workdir (the loop's
+layout: teacher/, control/, round1/labels, round1/report.html, round1/student, ..., logs/,
+summary.json).
 """
 
 import argparse

@@ -17,8 +17,9 @@ WORKDIR/control; the students' gain is their error against its error. It reads n
 step's output, so --control added to a finished loop trains the control alone.
 
 Every step is its product's own entry point, run as a separate process and printed first, so
-each can be rerun by hand; its output (and stderr) also goes to WORKDIR/logs/STEP.log. At the end a table (eval top-1 and error of every model,
-and the pseudo-labels each student trained on) is printed and written to WORKDIR/summary.json.
+each can be rerun by hand; its output (and stderr) also goes to WORKDIR/logs/STEP.log. At the
+end a table (eval top-1 and error of every model, and the pseudo-labels each student trained
+on) is printed and written to WORKDIR/summary.json.
 
 Flags for the steps: --train_flags go to every student.train run, then --teacher_train_flags
 to the teacher's or --student_train_flags to the students' (a flag in both: the later wins);
@@ -286,14 +287,14 @@ def run(settings):
     os.makedirs(settings.workdir, exist_ok=True)
     write_json(os.path.join(settings.workdir, SETTINGS_FILE),
                {"schema_version": SCHEMA_VERSION, "settings": settings.recorded(), "rounds": settings.rounds})
-    done = sum(bool(evidence) and (index < first or step.independent)
-               for index, (step, evidence) in enumerate(zip(plan, finished)))
-    print(f"student.selftrain: {len(plan)} steps in {settings.workdir} ({done} finished earlier); step logs in "
+    skipped = [bool(evidence) and (index < first or step.independent)
+               for index, (step, evidence) in enumerate(zip(plan, finished))]
+    print(f"student.selftrain: {len(plan)} steps in {settings.workdir} ({sum(skipped)} finished earlier); step logs in "
           f"{os.path.join(settings.workdir, 'logs')}", flush=True)
     start = time.perf_counter()
     for index, step in enumerate(plan):
         print(f"\n== {step.title}", flush=True)
-        if finished[index] and (index < first or step.independent):
+        if skipped[index]:
             print(f"   skip: finished earlier ({finished[index]})", flush=True)
             continue
         steps_lib.execute(step, os.path.join(settings.workdir, "logs", f"{step.name}.log"))
