@@ -104,7 +104,7 @@ def loop_settings(workdir, sizes, rounds, teacher_steps, student_steps, min_conf
         train_flags=tuple(recipe.train_flags(sizes["labeled"], seed)),
         teacher_train_flags=tuple(recipe.role_train_flags(teacher_steps, student=False)),
         student_train_flags=tuple(recipe.role_train_flags(student_steps, student=True)),
-        label_flags=tuple(recipe.label_flags(sizes["unlabeled"], min_confidence)))
+        label_flags=tuple(recipe.label_flags(min_confidence)))
 
 
 def main():

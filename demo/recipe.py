@@ -47,10 +47,11 @@ def role_train_flags(steps, student):
     return flags + ([f"--pseudo_ratio={PSEUDO_RATIO}"] if student else [])
 
 
-def label_flags(unlabeled_count, min_confidence=MIN_CONFIDENCE):
-    # Noisy Student: confidence threshold 0.3, then balance every class to the same count.
+def label_flags(min_confidence=MIN_CONFIDENCE):
+    # Noisy Student: confidence threshold 0.3, then balance every class to the same count
+    # (pipeline.label's default, derived from the data: the unlabeled scans // 10 classes).
     # One compile mode, as for training: the teacher's measured choice ("auto") can differ
     # between runs, and XLA and graph round differently, so a round's labels (and the student
     # trained on them) would too.
-    return [f"--min_confidence={min_confidence}", f"--per_class={unlabeled_count // 10}", "--num_shards=4",
+    return [f"--min_confidence={min_confidence}", "--num_shards=4",
             "--max_batch_size=64", "--jit_compile=xla"]

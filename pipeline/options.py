@@ -15,7 +15,7 @@ from absl import flags
 from apache_beam.io.filesystems import FileSystems
 
 from models import cli
-from pipeline import beam_flags, commit, decode, sources
+from pipeline import beam_flags, commit, decode, selection, sources
 
 PROG = "pipeline.label"
 SELECT_PROG = "pipeline.select"
@@ -61,7 +61,7 @@ class LabelSettings:
     top_k: int = 0  # 0: min(5, the teacher's class count)
     temperature: float = 1.0
     min_confidence: float = 0.3
-    per_class: int = 0
+    per_class: int = None  # None: derived from the index (selection.derived_per_class); 0: no cap, no balance
     balance: str = "none"
     dedup: bool = False
     full_distribution: bool = False
@@ -144,10 +144,11 @@ def define_flags():
     flags.DEFINE_float("min_confidence", defaults.min_confidence,
                        "Drop labels whose max probability is below this (Noisy Student: 0.3).", **f)
     flags.DEFINE_integer("per_class", defaults.per_class,
-                         "Keep at most this many images per class, most confident first (0: no cap; "
-                         "Noisy Student: 130000).", **f)
+                         "Keep at most this many images per class, most confident first, and fill classes "
+                         "with fewer to it (--balance). Default: the images the teacher labeled divided "
+                         "evenly among its classes; 0: no cap and no balance (Noisy Student: 130000).", **f)
     flags.DEFINE_enum("balance", None, ["duplicate", "none"], "Fill classes below --per_class by duplicating "
-                      "their images (default: duplicate when --per_class is set).", **f)
+                      "their images (default: duplicate unless --per_class=0).", **f)
     flags.DEFINE_bool("dedup", defaults.dedup, "Keep one input (the smallest URI) of identical "
                       "content; reject the others as duplicates.", **f)
     flags.DEFINE_bool("full_distribution", defaults.full_distribution, "Also store every class probability.", **f)
@@ -250,7 +251,7 @@ def parse(argv, prog=PROG):
     fields = {f.name for f in dataclasses.fields(LabelSettings)}
     chosen = {name: values[name].value for name in fields if name in values}
     if chosen["balance"] is None:
-        chosen["balance"] = "duplicate" if chosen["per_class"] else "none"
+        chosen["balance"] = "none" if chosen["per_class"] == 0 else "duplicate"
     chosen.setdefault("teacher", "")
     chosen.setdefault("input", "")
     return LabelSettings(**chosen), beam_args
@@ -286,6 +287,18 @@ def with_index(settings, index_document):
     return dataclasses.replace(settings, **index_document["settings"], **recorded)
 
 
+def with_per_class(settings, index_document):
+    """--per_class resolved against the index stage 2 selects from: a given value stays, the
+    default becomes selection.derived_per_class of the index's labeled entries. A --dry_run
+    builds stage 2 before stage 1 has counted them: that graph's cap is the rule applied to
+    none (1); the job that runs is built after stage 1, from the committed counts."""
+    if settings.per_class is not None:
+        return settings
+    counts = index_document.get("counts") or {"labeled": 0}
+    return dataclasses.replace(settings, per_class=selection.derived_per_class(
+        counts["labeled"], index_document["teacher"]["num_classes"]))
+
+
 def validate(settings, num_classes):
     """Range and consistency checks, and that the input exists and the output may be written."""
     s = settings
@@ -315,9 +328,9 @@ def validate_selection(settings):
     s = settings
     _raise_first([
         (0.0 <= s.min_confidence <= 1.0, f"--min_confidence={s.min_confidence} must be in [0, 1]"),
-        (s.per_class >= 0, f"--per_class={s.per_class} must be >= 0"),
-        (not (s.balance == "duplicate" and not s.per_class),
-         "--balance=duplicate needs --per_class (the count each class is filled to)"),
+        (s.per_class is None or s.per_class >= 0, f"--per_class={s.per_class} must be >= 0"),
+        (not (s.balance == "duplicate" and s.per_class == 0),
+         "--balance=duplicate needs a --per_class above 0 (the count each class is filled to)"),
         (s.max_side >= 0, f"--max_side={s.max_side} must be >= 0"),
         (s.num_shards >= 0, "--num_shards must be >= 0 (0: from the data)"),
         (s.target_shard_mb >= 1, "--target_shard_mb must be >= 1"),

@@ -127,7 +127,7 @@ def manifest_base(settings, index_document, run_id):
 def build(pipeline, settings, index_document):
     """Adds stage 2 to `pipeline`: the index of `index_document` (its run_id; read when the job
     runs, so stage 1 may still be ahead) -> OUT_DIR. Returns the manifest's PCollection."""
-    s = settings
+    s = options.with_per_class(settings, index_document)
     run_id = options.digest({"predictions": index_document["run_id"], **s.selection_settings()})
     run_nonce = commit.new_run_nonce()
     staging = commit.staging_dir(s.output, run_id, run_nonce)

@@ -4,6 +4,9 @@ It runs on prediction index entries (pipeline.elements.Prediction: labels and UR
 image bytes); the shard writer fetches the bytes of what is kept (pipeline/write.py).
 1. Drop labels whose confidence is below --min_confidence.
 2. Per class (the teacher's top-1), keep at most --per_class images, most confident first.
+   Its default is derived from the data (`derived_per_class`): the images the teacher labeled
+   divided evenly among its classes, so the balanced set is about as large as the unlabeled
+   set.
    Only a (confidence, identity) pair per image goes through a Top combiner; the decision is
    joined back to the entries by identity.
 3. --balance=duplicate: a class with n < per_class kept images is filled to per_class by
@@ -31,6 +34,15 @@ REJECTED = "rejected"
 # and one content (dedup's key) may be repeated millions of times; without fan-out each such
 # key's whole combine lands on one worker.
 HOT_KEY_FANOUT = 16
+
+
+def derived_per_class(labeled, num_classes):
+    """--per_class when not given: `labeled` (the index's labeled entries) // num_classes, at
+    least 1. A rule, not a tuned value: it needs only the count stage 1 commits, so stage 2 is
+    built with it before reading any entry (a cap from the above-threshold count would need a
+    pass over the index first). At the 130M images this job is sized for, over 1,000 classes,
+    it gives 130,000: the count Noisy Student chose by hand for its 130M-image student set."""
+    return max(1, labeled // num_classes)
 
 
 def copies_by_rank(count, per_class, balance):

@@ -26,9 +26,11 @@ CONFIG_FILE = "config.json"
 PRECISIONS = ("float32", "bfloat16")
 STRATEGIES = ("auto", "cpu", "gpu", "tpu", "mirrored", "multi_worker")
 RESUME_INPUT = ("skip", "reseed")
+# What a top-k pseudo-label's target gives the classes outside its top k (pseudo.soft_targets).
+PSEUDO_TAILS = ("uniform", "renormalise")
 # Fields that must not change between a run and its resumption from a checkpoint.
 RESUME_INVARIANTS = ("model", "labeled", "pseudo", "batch_size", "pseudo_ratio", "seed", "num_classes",
-                     "hard_pseudo_labels", "precision", "pseudo_run_id")
+                     "hard_pseudo_labels", "pseudo_tail", "precision", "pseudo_run_id")
 
 
 class ConfigError(ValueError):
@@ -47,6 +49,7 @@ class TrainConfig:
     pseudo_run_id: str = None
     pseudo_ratio: int = 3
     hard_pseudo_labels: bool = False
+    pseudo_tail: str = "uniform"  # PSEUDO_TAILS; no effect on a --full_distribution labeling
     pseudo_loss_weight: float = 1.0
     eval: str = None
     train_split: str = "train"
@@ -138,7 +141,7 @@ def _require(condition, flag, message):
 
 
 # Flags that only apply with --pseudo: a supervised run leaves them at their defaults.
-PSEUDO_ONLY = ("pseudo_ratio", "hard_pseudo_labels", "pseudo_loss_weight", "pseudo_run_id")
+PSEUDO_ONLY = ("pseudo_ratio", "hard_pseudo_labels", "pseudo_tail", "pseudo_loss_weight", "pseudo_run_id")
 
 
 def validate(config):
@@ -182,6 +185,7 @@ def validate(config):
              f"{config.jit_compile!r} is not one of {hardware.JIT_CHOICES}.")
     _require(config.resume_input in RESUME_INPUT, "resume_input",
              f"{config.resume_input!r} is not one of {RESUME_INPUT}.")
+    _require(config.pseudo_tail in PSEUDO_TAILS, "pseudo_tail", f"{config.pseudo_tail!r} is not one of {PSEUDO_TAILS}.")
     _require(config.randaugment_magnitude is None or config.randaugment_magnitude >= 0, "randaugment_magnitude",
              "must be >= 0.")
     _require(config.randaugment_layers is None or config.randaugment_layers >= 0, "randaugment_layers",

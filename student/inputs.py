@@ -201,7 +201,8 @@ class InputBuilder:
         seed = self.stream_seed(PSEUDO_STREAM, pipeline, start_step)
 
         def target(record):
-            return pseudo.soft_targets(record, self.num_classes, self.config.hard_pseudo_labels)
+            return pseudo.soft_targets(record, self.num_classes, self.config.hard_pseudo_labels,
+                                       self.config.pseudo_tail)
 
         stream = example_stream(share, self.start_position(start_step, examples_per_step), seed,
                                 self.config.shuffle_buffer)

@@ -10,10 +10,11 @@ differ from the labeled data's, in order. Only the shards the manifest lists are
 count), and student.train pins the manifest's run_nonce
 (else run_id) in config.json so a resumed run refuses a directory relabelled in between.
 
-Targets: the teacher's top-k probabilities renormalised over the top k (Noisy Student's
-soft targets at temperature 1 when the job ran with --temperature=1), or its full
-distribution when the job wrote one, or the top-1 class as a one-hot with
---hard_pseudo_labels.
+Targets: the teacher's full distribution when the job wrote one (--full_distribution),
+else its top-k probabilities with the rest of its mass spread evenly over the other classes
+(--pseudo_tail=uniform, the default; renormalise: scaled up over the top k), or the top-1
+class as a one-hot with --hard_pseudo_labels. Noisy Student's soft targets are the teacher's
+distribution at temperature 1 (the job's --temperature=1).
 """
 
 import dataclasses
@@ -96,18 +97,31 @@ class PseudoSource:
         return parsed
 
 
-def soft_targets(record, num_classes, hard=False):
-    """The student's target distribution (float32, num_classes) for one parsed record."""
+def soft_targets(record, num_classes, hard=False, tail="uniform"):
+    """The student's target distribution (float32, num_classes) for one parsed record.
+
+    A record holds the teacher's top k probabilities as the teacher computed them (they sum
+    to 1 - the tail's mass). tail="uniform" keeps them and spreads the tail's mass evenly over
+    the other num_classes - k classes: Noisy Student trains on the full distribution, and this
+    is the closest distribution the k stored numbers determine (the same top k, the same
+    entropy-maximising rest), at no bytes beyond them (README: soft targets). "renormalise"
+    drops the tail and scales the top k up to 1.
+    """
     if hard:
         return tf.one_hot(record["top_k_indices"][0], num_classes, dtype=tf.float32)
     if "distribution" in record:
         probabilities = record["distribution"]
-    else:
-        # The probabilities of the top k classes, scattered into place; the mass outside
-        # the top k is unknown, so the target is renormalised over the k classes written.
-        probabilities = tf.scatter_nd(tf.expand_dims(record["top_k_indices"], -1), record["top_k_probabilities"],
-                                      [num_classes])
-    return probabilities / tf.maximum(tf.reduce_sum(probabilities), 1e-12)
+        return probabilities / tf.maximum(tf.reduce_sum(probabilities), 1e-12)
+    top_k = tf.scatter_nd(tf.expand_dims(record["top_k_indices"], -1), record["top_k_probabilities"], [num_classes])
+    if tail == "renormalise":
+        return top_k / tf.maximum(tf.reduce_sum(top_k), 1e-12)
+    in_top_k = tf.scatter_nd(tf.expand_dims(record["top_k_indices"], -1),
+                             tf.ones_like(record["top_k_probabilities"]), [num_classes])
+    # float32 top k can sum a rounding above 1: the tail is never negative. With k equal to
+    # the class count there is no other class (divide_no_nan: nothing is spread).
+    tail_mass = tf.maximum(1.0 - tf.reduce_sum(top_k), 0.0)
+    targets = top_k + (1.0 - in_top_k) * tf.math.divide_no_nan(tail_mass, num_classes - tf.reduce_sum(in_top_k))
+    return targets / tf.maximum(tf.reduce_sum(targets), 1e-12)
 
 
 def read_manifest(directory, flag="pseudo"):

@@ -47,6 +47,9 @@ _HELP = {
     "pseudo_ratio": "Pseudo-labeled images per labeled image in every batch (Noisy Student: 3).",
     "hard_pseudo_labels": "Train on the teacher's top-1 class (smoothed by --label_smoothing) instead of its "
                           "soft distribution.",
+    "pseudo_tail": "Target of the classes outside a record's top k (records without --full_distribution): "
+                   "uniform spreads the teacher's remaining mass (1 - the top k's) evenly over them, so the "
+                   "top k keep the teacher's probabilities; renormalise drops it and scales the top k to 1.",
     "pseudo_loss_weight": "Multiplier on the pseudo loss's weight; 1 weighs every pseudo image like a labeled "
                           "one (Noisy Student: labeled mean + pseudo_ratio x pseudo mean).",
     "eval": "Eval source (same kinds as --labeled); for tfds:NAME defaults to its --eval_split.",
@@ -95,7 +98,8 @@ _HELP = {
 }
 # Flags with a closed set of values are enums: --help lists the values, absl rejects others.
 _CHOICES = {"model": list(models.CONFIGS), "strategy": config_lib.STRATEGIES, "precision": config_lib.PRECISIONS,
-            "jit_compile": hardware.JIT_CHOICES, "resume_input": config_lib.RESUME_INPUT}
+            "jit_compile": hardware.JIT_CHOICES, "resume_input": config_lib.RESUME_INPUT,
+            "pseudo_tail": config_lib.PSEUDO_TAILS}
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
 for _field in dataclasses.fields(TrainConfig):
     _default = None if _field.default is dataclasses.MISSING else _field.default
@@ -107,7 +111,8 @@ flags.DEFINE_bool(cli.TF_LOGS, False, cli.TF_LOGS_HELP)
 GROUPS = (
     ("Data", ["labeled", "eval", "train_split", "eval_split", "data_dir", "num_classes", "class_names",
               "label_offset", "labeled_examples"]),
-    ("Pseudo labels", ["pseudo", "pseudo_run_id", "pseudo_ratio", "hard_pseudo_labels", "pseudo_loss_weight"]),
+    ("Pseudo labels", ["pseudo", "pseudo_run_id", "pseudo_ratio", "hard_pseudo_labels", "pseudo_tail",
+                       "pseudo_loss_weight"]),
     ("Model and output", ["model", "model_dir", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every",
                           "eval_batch_size"]),
     ("Optimisation", ["batch_size", "micro_batches", "epochs", "train_steps", "warmup_epochs", "base_learning_rate", "momentum",
@@ -247,7 +252,7 @@ def run(config):
         source = input_builder.pseudo_source
         print(f"pseudo labels: {source.pattern} from teacher {source.teacher_id} (top_k={source.top_k}, "
               f"temperature={source.manifest['settings'].get('temperature')}, "
-              f"{'full distribution' if source.full_distribution else 'top-k renormalised'}"
+              f"{'full distribution' if source.full_distribution else 'top-k, tail ' + config.pseudo_tail}"
               f"{', hard labels' if config.hard_pseudo_labels else ''})", flush=True)
     trainer = trainer_lib.Trainer(config, strategy, input_builder, worker_id)
     timings = f" (measured s per step: {trainer.compile_timings})" if trainer.compile_timings else ""

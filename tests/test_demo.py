@@ -56,7 +56,7 @@ def test_the_demo_gives_every_step_the_recipes_flags():
             f"--pseudo=/w/round{round_index}/labels/train-*.tfrecord"])
         assert flags[f"round{round_index}-label"] == [
             f"--teacher={teacher}", "--input=/w/data/unlabeled/*", f"--output=/w/round{round_index}/labels",
-            "--min_confidence=0.3", "--per_class=113", "--num_shards=4", "--max_batch_size=64", "--jit_compile=xla",
+            "--min_confidence=0.3", "--num_shards=4", "--max_batch_size=64", "--jit_compile=xla",
             "--overwrite"]
         assert flags[f"round{round_index}-report"] == [
             f"--labels=/w/round{round_index}/labels", f"--output=/w/round{round_index}/report.html",

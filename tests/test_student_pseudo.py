@@ -41,15 +41,19 @@ def test_a_run_that_kept_nothing_is_refused_with_its_counts(tmp_path):
         pseudo.open_pseudo(pattern, 3)
 
 
-def test_the_records_give_images_and_renormalised_top_k_targets(tmp_path):
+def test_the_records_give_images_and_top_k_targets_with_their_tail(tmp_path):
     pattern = write_pseudo_labels(str(tmp_path), num_examples=6, top_k=2)
     source = pseudo.open_pseudo(pattern, 3)
     records_for_epoch, count = source.records()
     assert count == 6 and source.top_k == 2 and source.teacher_id == "f" * 16
     for record in records_for_epoch().take(6):
+        written = record["top_k_probabilities"].numpy()
         target = pseudo.soft_targets(record, 3).numpy()
-        assert target.sum() == pytest.approx(1.0) and (target > 0).sum() == 2
-        assert np.argmax(target) == int(record["top_k_indices"][0])
+        assert target.sum() == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(target[record["top_k_indices"].numpy()], written, rtol=1e-6)
+        assert target[3 - int(record["top_k_indices"].numpy().sum())] == pytest.approx(1 - written.sum(), abs=1e-6)
+        renormalised = pseudo.soft_targets(record, 3, tail="renormalise").numpy()
+        assert (renormalised > 0).sum() == 2 and np.argmax(renormalised) == int(record["top_k_indices"][0])
         assert record["image"].numpy()[:2] == b"\xff\xd8"  # JPEG bytes, decoded later by the augmentation
 
 

@@ -36,12 +36,24 @@ def test_labeled_loss_uses_label_smoothing():
     assert float(value) == pytest.approx(expected, rel=1e-6)
 
 
-def test_soft_targets_renormalise_the_top_k_and_respect_hard_and_full_distributions():
+def test_soft_targets_keep_the_top_k_spread_the_tail_and_respect_renormalise_hard_and_full_distributions():
     record = {"top_k_indices": tf.constant([2, 0], tf.int64), "top_k_probabilities": tf.constant([0.6, 0.2])}
-    np.testing.assert_allclose(pseudo.soft_targets(record, 4), [0.25, 0.0, 0.75, 0.0], rtol=1e-6)
+    # The tail's 0.2 is shared by the 2 classes outside the top 2.
+    np.testing.assert_allclose(pseudo.soft_targets(record, 4), [0.2, 0.1, 0.6, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(pseudo.soft_targets(record, 4, tail="renormalise"), [0.25, 0.0, 0.75, 0.0],
+                               rtol=1e-6)
     np.testing.assert_allclose(pseudo.soft_targets(record, 4, hard=True), [0, 0, 1, 0])
     record["distribution"] = tf.constant([0.1, 0.1, 0.6, 0.2])
     np.testing.assert_allclose(pseudo.soft_targets(record, 4), [0.1, 0.1, 0.6, 0.2], rtol=1e-6)
+
+
+def test_uniform_tail_targets_when_k_is_every_class_or_the_top_k_sums_above_one():
+    every = {"top_k_indices": tf.constant([1, 0, 2], tf.int64), "top_k_probabilities": tf.constant([0.5, 0.3, 0.2])}
+    np.testing.assert_allclose(pseudo.soft_targets(every, 3), [0.3, 0.5, 0.2], rtol=1e-6)
+    rounded = {"top_k_indices": tf.constant([0, 1], tf.int64),
+               "top_k_probabilities": tf.constant([0.7000001, 0.3000001])}
+    target = pseudo.soft_targets(rounded, 3).numpy()
+    assert target[2] == 0.0 and target.sum() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_schedule_warms_up_linearly_then_decays_as_a_cosine():
