@@ -175,8 +175,8 @@ def test_every_hostile_input_is_a_counted_rejection_with_its_reason(corpus, tiny
     output = root / f"out-{run}"
     label.run([f"--teacher={tiny_teacher}", f"--input={source}", f"--output={output}", "--num_shards=2",
                "--allow_random_teacher",
-               "--max_batch_size=8", "--min_confidence=0", f"--max_bytes={MAX_BYTES}", "--decode_memory_mb=100",
-               *flags])
+               "--max_batch_size=8", "--min_confidence=0", "--per_class=0",  # every good input written once
+               f"--max_bytes={MAX_BYTES}", "--decode_memory_mb=100", *flags])
     manifest, written, rejected = _read_run(output)
     counts = manifest["counts"]
     assert counts["read"] == counts["rejected"] + counts["labeled"] == len(bad) + len(good), counts

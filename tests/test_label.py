@@ -14,9 +14,11 @@ from pipeline.options import UsageError
 
 
 def _label(teacher, source, output, *flags):
-    # tiny_teacher is randomly initialised, which the job refuses without the flag.
+    # tiny_teacher is randomly initialised, which the job refuses without the flag. These tests
+    # check sources and accounting, one record per input: --per_class=0 turns off the default
+    # balance (tested in test_label_copies.py); a test's own --per_class comes later and wins.
     return label.run([f"--teacher={teacher}", f"--input={source}", f"--output={output}", "--num_shards=3",
-                      "--max_batch_size=8", "--allow_random_teacher", *flags])
+                      "--max_batch_size=8", "--allow_random_teacher", "--per_class=0", *flags])
 
 
 def _read_run(output):
@@ -250,7 +252,7 @@ def test_tfds_source_with_mock_data(tiny_teacher, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--top_k=9"], "--top_k=9 must be between 1 and the teacher's 4 classes"),
     (["--min_confidence=1.5"], "--min_confidence=1.5 must be in"),
-    (["--balance=duplicate"], "--balance=duplicate needs --per_class"),
+    (["--balance=duplicate", "--per_class=0"], "--balance=duplicate needs a --per_class above 0"),
     (["--max_batch_size=0"], "--max_batch_size=0 must be >= 1"),
     (["--num_shards=-1"], "--num_shards must be >= 0"),
     (["--no_such_flag=1"], "unknown flag --no_such_flag"),

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from pipeline import label, records, write
+from pipeline import label, records, select, write
 
 # The tiny teacher puts every photo in one class (36 of them): 100 per class fills it with 2 or 3
 # copies of each.
@@ -96,3 +96,25 @@ def test_rejection_shards_follow_the_volume_and_dedup_runs_once(photo_folder, ti
     assert duplicates == sum(name.endswith("_upper.JPEG") for name in good)
     # Dedup ran once in the job: a second run (the shard-count pass) would count every duplicate twice.
     assert _counters(results.select)[("Deduplicate", "duplicates")] == duplicates
+
+
+def test_balance_is_the_default_with_per_class_derived_from_the_index(two_directories, tmp_path):
+    """No --per_class: every class with a kept image is filled to (index entries // classes),
+    and the manifest records the count it used; --per_class=0 turns cap and balance off."""
+    first, _, _ = two_directories
+    select.run([f"--predictions={first / 'predictions'}", f"--output={tmp_path / 'derived'}", "--min_confidence=0"])
+    manifest, shards = _train_records(tmp_path / "derived")
+    labeled, classes = manifest["counts"]["labeled"], manifest["teacher"]["num_classes"]
+    per_class = manifest["settings"]["per_class"]
+    assert per_class == max(1, labeled // classes) and manifest["settings"]["balance"] == "duplicate"
+    by_class = {}
+    for record in (record for shard in shards.values() for record in shard):
+        label_index = int(record["label/top_k_indices"][0])
+        by_class[label_index] = by_class.get(label_index, 0) + 1
+    assert by_class and all(count == per_class for count in by_class.values()), by_class
+    select.run([f"--predictions={first / 'predictions'}", f"--output={tmp_path / 'off'}", "--min_confidence=0",
+                "--per_class=0"])
+    manifest, _ = _train_records(tmp_path / "off")
+    counts = manifest["counts"]
+    assert manifest["settings"]["balance"] == "none" and counts["duplicates"] == counts["over_cap"] == 0
+    assert counts["written"] == counts["kept"] == labeled

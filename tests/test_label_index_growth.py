@@ -21,7 +21,8 @@ from test_label import _read_run
 
 def _label(teacher, source, output, *flags):
     return label.run([f"--teacher={teacher}", f"--input={source}", f"--output={output}", "--max_batch_size=8",
-                      "--allow_random_teacher", "--min_confidence=0", "--overwrite", "--progress_every_s=0", *flags])
+                      "--allow_random_teacher", "--min_confidence=0", "--per_class=0",  # one record per input
+                      "--overwrite", "--progress_every_s=0", *flags])
 
 
 def _counter(result, namespace, name):

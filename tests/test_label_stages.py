@@ -103,10 +103,11 @@ def test_an_input_gone_before_selection_is_counted_unavailable(photo_folder, tin
     copy.mkdir()
     for name in good:
         (copy / name).write_bytes((folder / name).read_bytes())
-    _label(tiny_teacher, f"{copy}/*", tmp_path / "first", "--min_confidence=0")
+    # --per_class=0: every image is kept, so both changed ones are fetched (a class cap could drop them).
+    _label(tiny_teacher, f"{copy}/*", tmp_path / "first", "--min_confidence=0", "--per_class=0")
     (copy / good[0]).unlink()
     (copy / good[1]).write_bytes((folder / good[2]).read_bytes())  # other content under the same name
-    _select(tmp_path / "first" / "predictions", tmp_path / "second", "--min_confidence=0")
+    _select(tmp_path / "first" / "predictions", tmp_path / "second", "--min_confidence=0", "--per_class=0")
     manifest, written, rejected = _read_run(tmp_path / "second")
     counts = manifest["counts"]
     assert counts["unavailable"] == 2 and counts["kept"] == len(good) - 2 == len(written)

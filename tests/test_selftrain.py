@@ -20,7 +20,9 @@ from test_student_fixtures import REPOSITORY, write_image_folder
 
 FAST_TRAIN = ("--batch_size=4 --train_steps=2 --checkpoint_every=2 --log_every=1 --eval_batch_size=8 "
               "--shuffle_buffer=16 --jit_compile=graph --strategy=cpu --warmup_epochs=0.5 --ema_decay=0.5")
-FAST_LABEL = "--num_shards=1 --max_batch_size=8 --jit_compile=graph --min_confidence=0"
+# --per_class=0: every unlabeled image kept once, so the counts below are exact (the default
+# balance is tested in test_label_copies.py and runs in test_demo.py).
+FAST_LABEL = "--num_shards=1 --max_batch_size=8 --jit_compile=graph --min_confidence=0 --per_class=0"
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +157,9 @@ def test_a_loop_killed_between_rounds_continues_on_rerun(data, tmp_path):
     summary = json.loads((workdir / "summary.json").read_text())
     assert [row["name"] for row in summary["rows"]] == ["teacher", "student 1", "student 2"]
     assert all(row["top_1"] is not None for row in summary["rows"])
+    # Wall seconds of the steps this run ran, and only those: the skipped ones have none.
+    assert set(summary["step_seconds"]) == {"round2-label", "round2-report", "round2-student"}
+    assert all(seconds > 0 for seconds in summary["step_seconds"].values())
 
 
 def test_a_changed_setting_a_finished_step_used_is_refused(loop, data, capsys):
