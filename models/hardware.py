@@ -30,8 +30,10 @@ JIT_CHOICES = ("auto", "xla", "graph")
 
 
 def cpu_info():
-    """{"model": CPU model name, "flags": {flag: bool for ISA_FLAGS}} from /proc/cpuinfo (Linux)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    """{"model": CPU model name, "generation": "family F model M", "flags": {flag: bool for
+    ISA_FLAGS}} from /proc/cpuinfo (Linux). The name alone can hide the generation on cloud
+    VMs ("AMD EPYC" for a Zen 3 and a Zen 4); the family and model numbers do not."""
+    model, flags, numbers = platform.processor() or platform.machine(), set(), {}
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
@@ -39,12 +41,15 @@ def cpu_info():
                 key = key.strip()
                 if key == "model name":
                     model = value.strip()
+                elif key in ("cpu family", "model"):
+                    numbers.setdefault(key, value.strip())
                 elif key == "flags":
                     flags = set(value.split())
                     break
     except OSError:
         pass  # not Linux: flags unknown, reported as absent
-    return {"model": model, "flags": {flag: flag in flags for flag in ISA_FLAGS}}
+    generation = f"family {numbers['cpu family']} model {numbers['model']}" if len(numbers) == 2 else "unknown"
+    return {"model": model, "generation": generation, "flags": {flag: flag in flags for flag in ISA_FLAGS}}
 
 
 def has_accelerator():

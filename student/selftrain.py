@@ -291,15 +291,19 @@ def run(settings):
                for index, (step, evidence) in enumerate(zip(plan, finished))]
     print(f"student.selftrain: {len(plan)} steps in {settings.workdir} ({sum(skipped)} finished earlier); step logs in "
           f"{os.path.join(settings.workdir, 'logs')}", flush=True)
-    start = time.perf_counter()
+    start, step_seconds = time.perf_counter(), {}
     for index, step in enumerate(plan):
         print(f"\n== {step.title}", flush=True)
         if skipped[index]:
             print(f"   skip: finished earlier ({finished[index]})", flush=True)
             continue
+        step_start = time.perf_counter()
         steps_lib.execute(step, os.path.join(settings.workdir, "logs", f"{step.name}.log"))
+        step_seconds[step.name] = round(time.perf_counter() - step_start, 1)
     summary = steps_lib.summarize(settings)
-    summary["seconds"] = round(time.perf_counter() - start, 1)
+    # Wall seconds of this run and of each step it ran (process start-up included; a skipped
+    # step has none).
+    summary["seconds"], summary["step_seconds"] = round(time.perf_counter() - start, 1), step_seconds
     write_json(os.path.join(settings.workdir, SUMMARY_FILE), summary)
     return summary
 
