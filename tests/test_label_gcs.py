@@ -20,7 +20,8 @@ def test_gs_input_and_output(gcs_emulator, photo_folder, tiny_teacher):
     for name in good[:6] + ["empty.jpg", "text_named.jpg"]:
         bucket.blob(f"unlabeled/{name}").upload_from_filename(str(folder / name))
     label.run([f"--teacher={tiny_teacher}", f"--input=gs://{BUCKET}/unlabeled/*", f"--output=gs://{BUCKET}/labels",
-               "--min_confidence=0", "--num_shards=2", "--no_auth", "--allow_random_teacher"])
+               "--min_confidence=0", "--per_class=0",  # every good image written once, no balance copies
+               "--num_shards=2", "--no_auth", "--allow_random_teacher"])
 
     names = sorted(blob.name for blob in bucket.list_blobs(prefix="labels/"))
     index_document = json.loads(bucket.blob("labels/predictions/index.json").download_as_bytes())
@@ -41,6 +42,6 @@ def test_gs_input_and_output(gcs_emulator, photo_folder, tiny_teacher):
 
     # Stage 2 alone, from the index on gs://, into another gs:// OUT_DIR: the same records.
     select.run([f"--predictions=gs://{BUCKET}/labels/predictions", f"--output=gs://{BUCKET}/again",
-                "--min_confidence=0", "--num_shards=2", "--no_auth"])
+                "--min_confidence=0", "--per_class=0", "--num_shards=2", "--no_auth"])
     for name in manifest["files"]["train"] + manifest["files"]["rejected"] + ["stats.json"]:
         assert bucket.blob(f"again/{name}").download_as_bytes() == bucket.blob(f"labels/{name}").download_as_bytes()

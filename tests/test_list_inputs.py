@@ -37,9 +37,10 @@ def pngs(tmp_path_factory):
 def _run_list(tiny_teacher, folder, lines, output):
     listing = output.parent / f"{output.name}.txt"
     listing.write_text("".join(f"{line}\n" for line in lines))
-    # --min_confidence=0: every labeled image passes the threshold, so a twice-labeled one reaches selection.
+    # --min_confidence=0: every labeled image passes the threshold, so a twice-labeled one reaches
+    # selection; --per_class=0: each is written once (no class cap or balance copies to count).
     label.run([f"--teacher={tiny_teacher}", f"--input={listing}", f"--output={output}", "--num_shards=2",
-               "--max_batch_size=8", "--allow_random_teacher", "--min_confidence=0"])
+               "--max_batch_size=8", "--allow_random_teacher", "--min_confidence=0", "--per_class=0"])
     return _read_run(output)
 
 
