@@ -32,12 +32,12 @@ it. Prints a table and writes every number to a JSON file.
 """
 
 import argparse
-import json
 import os
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import benchmarks  # noqa: E402
 import models  # noqa: E402
 from benchmarks import (commit_moves, label_job, stand_in_device, storage_reads, student_input_rate,  # noqa: E402
                         student_throughput)
@@ -122,10 +122,8 @@ def main():
         print(_row(figure, measured))
     for figure, measured in commit_moves.rows(results["commit_moves"]):
         print(_row(figure, measured))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(results, handle, indent=2)
-    print(f"\n-> {args.output}")
+    print()
+    benchmarks.write_results(results, args.output)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ import zipfile
 import zlib
 
 import numpy as np
-from PIL import Image
 
+import benchmarks
 from demo import __main__ as demo
 from demo import recipe
 from models import hardware
@@ -130,11 +130,6 @@ def split_train(labels, labeled_per_class, unlabeled=None, seed=0):
     return labeled, np.sort(rest)
 
 
-def _write_png(scan, path):
-    image = Image.fromarray(scan)
-    image.resize((demo.IMAGE_SIZE, demo.IMAGE_SIZE), Image.Resampling.BICUBIC).save(path)
-
-
 def materialise_mnist(root, wheel, labeled_per_class=100, unlabeled=None, test=None, seed=0):
     """Writes the demo's layout under root: labeled/ and test/ (one folder per class, digit_K),
     unlabeled/ (flat) and hidden_labels.json (unlabeled file name -> digit). Returns the sizes."""
@@ -162,7 +157,7 @@ def materialise_mnist(root, wheel, labeled_per_class=100, unlabeled=None, test=N
     # test scans): 4,490 PNG/s with 1 thread, 3,680 with 2, 2,700 with 8; all 70,000 take ~16 s,
     # nothing next to the training steps, so processes (and their pickling) are not worth it.
     for scan, path in jobs:
-        _write_png(scan, path)
+        demo.save_scan(scan, path)
     with open(os.path.join(root, "hidden_labels.json"), "w") as handle:
         json.dump(hidden, handle)
     return {"labeled": len(labeled), "unlabeled": len(rest), "test": len(test_labels)}
@@ -173,8 +168,10 @@ def cpu_model():
     return f"{cpu['model']} ({cpu['generation']})"
 
 
-def results_of(summary, step_seconds, sizes, hidden, class_names):
-    """The benchmark's JSON: every model's error, the students' ratios, step times, labeling rate."""
+def results_of(summary, sizes, hidden, class_names):
+    """The benchmark's JSON: every model's error, the students' ratios, step times (the loop's
+    summary.json `step_seconds`), labeling rate."""
+    step_seconds = summary["step_seconds"]
     by_name = {row["name"]: row for row in summary["rows"]}
     teacher_error, control_error = by_name["teacher"]["error"], by_name["control"]["error"]
     models = {}
@@ -264,16 +261,14 @@ def main(argv=None):
         summary = selftrain.run(settings)
     except selftrain.SelfTrainError as error:
         sys.exit(f"student.selftrain: error: {error}")
-    results = results_of(summary, summary["step_seconds"], sizes, hidden, class_names)
+    results = results_of(summary, sizes, hidden, class_names)
     results.update(seed=args.seed, teacher_steps=args.teacher_steps, student_steps=args.student_steps,
                    materialise_seconds=round(materialise_seconds, 1),
                    loop_seconds=round(time.perf_counter() - loop_start, 1),
                    total_seconds=round(time.perf_counter() - start, 1))
     print_table(results)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(results, handle, indent=2)
-    print(f"\n-> {args.output}")
+    print()
+    benchmarks.write_results(results, args.output)
     students = [results["models"].get(f"student {index}") for index in (1, 2)]
     if args.require_goal and not (students[0] and students[1] and students[0]["error_vs_control"] is not None
                                   and students[0]["error_vs_control"] <= 0.5

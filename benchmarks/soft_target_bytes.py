@@ -16,7 +16,6 @@ than the top k: the tail's mass is 1 minus their sum.
 
 import argparse
 import hashlib
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import benchmarks  # noqa: E402
 from pipeline import elements, index, records  # noqa: E402
 from pipeline.elements import Prediction  # noqa: E402
 
@@ -84,10 +84,7 @@ def main():
     result = measure(args.classes, args.top_k, args.uri_chars)
     for figure, measured in rows(result):
         print(f"{figure:<72}{measured}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(result, handle, indent=2)
-    print(f"-> {args.output}")
+    benchmarks.write_results(result, args.output)
 
 
 if __name__ == "__main__":

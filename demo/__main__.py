@@ -40,6 +40,11 @@ LABELED_FRACTION = 0.1
 IMAGE_SIZE = 32
 
 
+def save_scan(scan, path):
+    """A grey uint8 scan -> an IMAGE_SIZE px PNG (bicubic): how every demo and benchmark scan is written."""
+    Image.fromarray(scan).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC).save(path)
+
+
 def materialise_digits(root, seed=0):
     """Writes labeled/, test/ (one folder per class), unlabeled/ and the hidden labels."""
     from sklearn.datasets import load_digits
@@ -58,8 +63,7 @@ def materialise_digits(root, seed=0):
     unlabeled = sorted(set(train) - set(labeled))
 
     def write(index, path):
-        scan = (digits.images[index] * (255.0 / 16.0)).astype(np.uint8)
-        Image.fromarray(scan).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC).save(path)
+        save_scan((digits.images[index] * (255.0 / 16.0)).astype(np.uint8), path)
 
     for split, indices in (("labeled", labeled), ("test", test)):
         for c in range(10):

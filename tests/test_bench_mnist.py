@@ -194,7 +194,7 @@ def test_results_report_ratios_and_labeling_rate(tmp_path, monkeypatch):
     rows = [{"name": "teacher", "top_1": 0.8, "error": 0.2}, {"name": "control", "top_1": 0.9, "error": 0.1},
             {"name": "student 1", "top_1": 0.95, "error": 0.05, "labels": "l1"},
             {"name": "student 2", "top_1": 0.96, "error": 0.04, "labels": "l2"}]
-    results = bench.results_of({"rounds": 2, "rows": rows}, {"round1-label": 4.0, "round2-label": 5.0},
+    results = bench.results_of({"rounds": 2, "rows": rows, "step_seconds": {"round1-label": 4.0, "round2-label": 5.0}},
                                {"labeled": 1, "unlabeled": 2, "test": 3}, {}, [])
     student = results["models"]["student 1"]
     assert student["error_vs_control"] == pytest.approx(0.5) and student["error_vs_teacher"] == pytest.approx(0.25)
